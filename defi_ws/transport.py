@@ -1,0 +1,475 @@
+"""The transport boundary: how a :class:`~defi_ws._core.FeedListener` gets a connection.
+
+A :class:`Transport` opens one connection for a listener and returns a
+:class:`Connection`; the listener sees every inbound frame, the connection carries
+outbound bytes. Two implementations:
+
+* :class:`PicowsTransport` (default): picows over TCP or TLS. picows parses frames in
+  C and calls the listener through its vtable.
+* :class:`MemoryTransport`: in-memory, for deterministic tests. The test plays the
+  server through :class:`MemoryConnection` (``server_send``, ``server_close``,
+  ``server_drop``) and reads what the client sent from ``sent``.
+
+Both drive the same per-frame code (``FeedListener.feed`` is what picows' callback
+calls too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import os
+import socket
+import ssl
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+import picows
+
+from defi_ws._core import FeedListener
+from defi_ws.errors import ConnectError, NotConnectedError
+from defi_ws.reasons import Disconnect, DisconnectReason
+from defi_ws.testing.frames import Frame, Opcode, parse_frames
+
+_PICOWS_LOGGER = logging.getLogger("defi_ws.picows")
+
+__all__ = [
+    "ConnectOptions",
+    "Connection",
+    "ListenerEvents",
+    "MemoryConnection",
+    "MemoryTransport",
+    "PicowsConnection",
+    "PicowsTransport",
+    "Transport",
+    "classify_connect_error",
+    "redact_url",
+]
+
+
+class ListenerEvents(Protocol):
+    """The control hooks a :class:`FeedListener` calls on its owner.
+
+    All are called from inside the event loop's read callback: they must not block.
+    """
+
+    def on_open(self) -> None:
+        """The connection is open and frames may flow."""
+
+    def on_pong(self, recv_ns: int, payload: bytes) -> None:
+        """A PONG (or an application-level pong) arrived at ``recv_ns``."""
+
+    def on_close_received(self, code: int, reason: str) -> None:
+        """The peer sent CLOSE with ``code`` (1005 when it gave none)."""
+
+    def on_violation(self, code: int, reason: str) -> None:
+        """The peer broke RFC 6455; CLOSE ``code`` was sent."""
+
+    def on_handler_error(self, stage: str, exc: BaseException) -> None:
+        """Decode or a callback raised; it was counted and recorded."""
+
+    def on_disconnected(self) -> None:
+        """The connection is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """How to open one connection.
+
+    Attributes:
+        handshake_timeout_s: limit for TCP connect + TLS + WebSocket upgrade.
+        max_message_size: the largest frame the transport accepts (1009 above).
+        ssl_context: TLS settings for ``wss://`` URLs (None: system defaults).
+        extra_headers: extra HTTP headers for the upgrade request.
+    """
+
+    handshake_timeout_s: float = 10.0
+    max_message_size: int = 16 * 1024 * 1024
+    ssl_context: ssl.SSLContext | None = None
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Connection(Protocol):
+    """One open WebSocket connection, as the supervisor sees it."""
+
+    listener: FeedListener
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Write already-encoded (masked) frames in one write.
+
+        Raises:
+            NotConnectedError: the connection is closing or closed.
+        """
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Send a PING control frame."""
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (idempotent)."""
+
+    def abort(self) -> None:
+        """Drop the connection now, without a closing handshake."""
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait until the connection is gone; return the transport's error, if any."""
+
+
+class Transport(Protocol):
+    """Opens connections. The only swappable I/O boundary."""
+
+    async def connect(
+        self, url: str, listener: FeedListener, options: ConnectOptions
+    ) -> Connection:
+        """Open a connection to ``url`` whose frames go to ``listener``.
+
+        Cancellation-safe: a cancelled connect leaves no socket behind.
+
+        Raises:
+            ConnectError: the attempt failed; ``.disconnect`` says why.
+        """
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without credentials, query string or fragment.
+
+    Signed URLs carry keys and signatures in the query; they never reach logs.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    suffix = "?<redacted>" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", "")) + suffix
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def classify_connect_error(exc: BaseException) -> Disconnect:
+    """Classify why a connection attempt failed.
+
+    Args:
+        exc: the exception the attempt raised.
+
+    Returns:
+        The classified disconnect: handshake rejected (with HTTP status and
+        Retry-After), TLS failure, or connect failed.
+    """
+    if isinstance(exc, ConnectError):
+        return exc.disconnect
+    if isinstance(exc, picows.WSHandshakeError) and exc.response is not None:
+        status = int(exc.response.status)
+        return Disconnect(
+            DisconnectReason.HANDSHAKE_REJECTED,
+            http_status=status,
+            retry_after_s=_retry_after_s(exc.response.headers),
+            detail=f"upgrade refused with HTTP {status}",
+        )
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return Disconnect(DisconnectReason.TLS_FAILURE, detail=f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return Disconnect(DisconnectReason.CONNECT_FAILED, detail="connect/handshake timed out")
+    return Disconnect(DisconnectReason.CONNECT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+
+
+def _shutdown_fd(sock: socket.socket) -> None:
+    """Shut a socket down through a duplicate fd, whoever owns the original."""
+    with contextlib.suppress(OSError):
+        fd = os.dup(sock.fileno())
+        dup = socket.socket(fileno=fd)
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
+class PicowsConnection:
+    """A :class:`Connection` over a picows ``WSTransport``."""
+
+    def __init__(self, ws: picows.WSTransport, listener: FeedListener) -> None:
+        self._ws = ws
+        self.listener = listener
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._ws.is_disconnected)
+
+    @property
+    def ws_transport(self) -> picows.WSTransport:
+        """The underlying picows transport."""
+        return self._ws
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._ws.is_disconnected or self._ws.is_close_frame_sent:
+            raise NotConnectedError("connection is closing or closed")
+        self._ws.underlying_transport.write(data)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        if not (self._ws.is_disconnected or self._ws.is_close_frame_sent):
+            self._ws.send_ping(payload)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self._ws.is_disconnected:
+            self.listener.close(code, reason)
+
+    def abort(self) -> None:
+        self._ws.disconnect(False)
+
+    async def wait_closed(self) -> BaseException | None:
+        try:
+            await self._ws.wait_disconnected()
+        except Exception as exc:  # picows re-raises what made it disconnect
+            return exc
+        return None
+
+
+class PicowsTransport:
+    """The default transport: picows over TCP or TLS.
+
+    Args:
+        use_aiofastnet: let picows use aiofastnet's transports (picows' default
+            when installed) instead of the event loop's own.
+    """
+
+    def __init__(self, *, use_aiofastnet: bool | None = None) -> None:
+        self._use_aiofastnet = use_aiofastnet
+
+    async def connect(
+        self, url: str, listener: FeedListener, options: ConnectOptions
+    ) -> PicowsConnection:
+        loop = asyncio.get_running_loop()
+        sockets: list[socket.socket] = []
+
+        async def socket_factory(parsed: Any) -> socket.socket:
+            infos = await loop.getaddrinfo(parsed.host, parsed.port, type=socket.SOCK_STREAM)
+            last_exc: OSError = OSError(f"cannot resolve {parsed.host}")
+            for family, type_, proto, _, addr in infos:
+                sock = socket.socket(family, type_, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, addr)
+                except OSError as exc:
+                    sock.close()
+                    last_exc = exc
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                sockets.append(sock)
+                return sock
+            raise last_exc
+
+        connect = picows.ws_connect(
+            lambda: listener,
+            url,
+            ssl_context=options.ssl_context,
+            disconnect_on_exception=False,
+            websocket_handshake_timeout=options.handshake_timeout_s,
+            logger_name=_PICOWS_LOGGER,
+            enable_auto_ping=False,
+            enable_auto_pong=True,
+            max_frame_size=options.max_message_size,
+            extra_headers=dict(options.extra_headers) or None,
+            max_redirects=0,
+            socket_factory=socket_factory,
+            use_aiofastnet=self._use_aiofastnet,
+        )
+        task = asyncio.ensure_future(
+            asyncio.wait_for(connect, timeout=options.handshake_timeout_s + 1.0)
+        )
+        try:
+            ws, _ = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # picows' handshake wait is shielded: a cancelled attempt would keep its
+            # socket until the handshake timeout. Shut the socket down instead, let
+            # the attempt fail at once, and collect it.
+            for sock in sockets:
+                _shutdown_fd(sock)
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), timeout=1.0)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result()[0].disconnect(False)
+            raise
+        except BaseException as exc:
+            for sock in sockets:
+                _shutdown_fd(sock)
+            raise ConnectError(classify_connect_error(exc)) from exc
+        return PicowsConnection(ws, listener)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class MemoryConnection:
+    """An in-memory :class:`Connection`; the test plays the server.
+
+    Attributes:
+        sent: every frame the client sent, unmasked, in order.
+        listener: the client's listener (frames from ``server_*`` go to it).
+    """
+
+    def __init__(self, listener: FeedListener, url: str) -> None:
+        self.listener = listener
+        self.url = url
+        self.sent: list[Frame] = []
+        self.writes = 0
+        self._closed = False
+        self._close_sent = False
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._error: BaseException | None = None
+
+    # -- the wire the listener answers on (same method names as picows' WSTransport)
+
+    def send_close(self, code: int = 1000, reason: str | bytes = b"") -> None:
+        if self._closed or self._close_sent:
+            return
+        self._close_sent = True
+        raw = reason.encode() if isinstance(reason, str) else bytes(reason)
+        self.sent.append(Frame(Opcode.CLOSE, code.to_bytes(2, "big") + raw))
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        if not (self._closed or self._close_sent):
+            self.sent.append(Frame(Opcode.PONG, bytes(payload)))
+
+    def disconnect(self, graceful: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.listener.detach()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    # -- Connection
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def close_sent(self) -> bool:
+        """Whether the client sent CLOSE."""
+        return self._close_sent
+
+    def write(self, data: bytes | bytearray) -> None:
+        if self._closed or self._close_sent:
+            raise NotConnectedError("connection is closing or closed")
+        self.writes += 1
+        frames, rest = parse_frames(bytes(data), expect_masked=True)
+        if rest:
+            raise ValueError("client wrote a partial frame")
+        self.sent.extend(frames)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        if not (self._closed or self._close_sent):
+            self.sent.append(Frame(Opcode.PING, bytes(payload)))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self._closed:
+            self.listener.close(code, reason)
+
+    def abort(self) -> None:
+        self.disconnect()
+
+    async def wait_closed(self) -> BaseException | None:
+        await asyncio.shield(self._done)
+        return self._error
+
+    # -- the server side, driven by tests
+
+    def sent_messages(self) -> list[Any]:
+        """The client's TEXT/BINARY messages, JSON-decoded where possible."""
+        out: list[Any] = []
+        for frame in self.sent:
+            if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                try:
+                    out.append(orjson.loads(frame.payload))
+                except orjson.JSONDecodeError:
+                    out.append(frame.payload)
+        return out
+
+    def server_send(self, message: Any, opcode: int = Opcode.TEXT, fin: bool = True,
+                    rsv: int = 0) -> None:
+        """Deliver one frame to the client (dicts/lists are JSON-encoded)."""
+        if self._closed:
+            raise NotConnectedError("memory connection is closed")
+        if isinstance(message, str):
+            payload = message.encode()
+        elif isinstance(message, bytes | bytearray | memoryview):
+            payload = bytes(message)
+        else:
+            payload = orjson.dumps(message)
+        self.listener.feed(int(opcode), payload, fin, rsv)
+
+    def server_close(self, code: int = 1000, reason: str = "") -> None:
+        """The server sends CLOSE (the client answers and disconnects)."""
+        payload = code.to_bytes(2, "big") + reason.encode()
+        self.listener.feed(Opcode.CLOSE, payload, True, 0)
+        self.disconnect()
+
+    def server_drop(self, error: BaseException | None = None) -> None:
+        """The connection dies without a closing handshake."""
+        self._error = error
+        self.disconnect()
+
+
+class MemoryTransport:
+    """An in-memory :class:`Transport` for deterministic tests.
+
+    Attributes:
+        connections: every connection opened, oldest first.
+        urls: the URL of every attempt, failed ones included.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[MemoryConnection] = []
+        self.urls: list[str] = []
+        self._failures: deque[BaseException] = deque()
+        self.on_connect: Any = None
+
+    def fail_next(self, *errors: BaseException) -> None:
+        """Make the next attempts fail with these errors, in order."""
+        self._failures.extend(errors)
+
+    @property
+    def current(self) -> MemoryConnection:
+        """The most recent connection."""
+        return self.connections[-1]
+
+    async def connect(
+        self, url: str, listener: FeedListener, options: ConnectOptions
+    ) -> MemoryConnection:
+        self.urls.append(url)
+        await asyncio.sleep(0)
+        if self._failures:
+            exc = self._failures.popleft()
+            raise ConnectError(classify_connect_error(exc)) from exc
+        conn = MemoryConnection(listener, url)
+        self.connections.append(conn)
+        listener.attach(conn)
+        if self.on_connect is not None:
+            self.on_connect(conn)
+        return conn
+
