@@ -1,7 +1,7 @@
 """Typed surface of the compiled hot path (defi_ws/_core.pyx)."""
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import picows
@@ -20,7 +20,7 @@ def buffer_address(data: bytes | bytearray | memoryview) -> int: ...
 class FrameEncoder:
     def __init__(self) -> None: ...
     def encode(
-        self, payloads: list[bytes | bytearray | memoryview | str], binary: bool = False
+        self, payloads: Sequence[bytes | bytearray | memoryview | str], binary: bool = False
     ) -> bytearray: ...
 
 class FeedListener(picows.WSListener):
@@ -35,6 +35,7 @@ class FeedListener(picows.WSListener):
     last_recv_ns: int
     last_data_ns: int
     last_payload_addr: int
+    message_opcode: int
     close_code_received: int
     close_reason_received: str | None
     close_code_sent: int

@@ -332,6 +332,7 @@ cdef class FeedListener(WSListener):
     cdef readonly int64_t last_recv_ns
     cdef readonly int64_t last_data_ns
     cdef readonly size_t last_payload_addr
+    cdef readonly int message_opcode
 
     # --- close / violation record ---
     cdef readonly int close_code_received
@@ -508,6 +509,7 @@ cdef class FeedListener(WSListener):
                 if (opcode == OP_TEXT and self.validate_utf8
                         and utf8_step(UTF8_OK, <const uint8_t*>ptr, size) != UTF8_OK):
                     return self._violate(CLOSE_INVALID_TEXT, "text message is not valid UTF-8")
+                self.message_opcode = opcode
                 return self._deliver(ptr, size)
             self._frag_opcode = opcode
             self._frag_len = 0
@@ -544,6 +546,7 @@ cdef class FeedListener(WSListener):
         self._frag_len = needed
         if not fin:
             return 0
+        self.message_opcode = self._frag_opcode
         self._frag_opcode = 0
         self._deliver(self._frag_buf, self._frag_len)
         self._frag_len = 0

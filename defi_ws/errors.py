@@ -6,6 +6,7 @@ Every exception defi-ws raises derives from :class:`DefiWsError`::
     +-- ConfigError              invalid configuration (raised at construction)
     +-- IllegalTransition        a lifecycle event not allowed in the current state
     +-- NotConnectedError        send() while no connection is open
+    +-- SendQueueFull            the bounded outbound queue is full
     +-- ConnectError             one connection attempt failed (carries a Disconnect)
     +-- FeedClosedError          the client was stopped (locally or fatally)
     |   +-- FatalDisconnect      a non-retryable disconnect ended the client
@@ -30,6 +31,7 @@ __all__ = [
     "IllegalTransition",
     "NotConnectedError",
     "ProtocolViolation",
+    "SendQueueFull",
 ]
 
 
@@ -67,6 +69,18 @@ class IllegalTransition(DefiWsError):
 
 class NotConnectedError(DefiWsError):
     """A send was attempted while no connection is open."""
+
+
+class SendQueueFull(DefiWsError):
+    """The outbound queue holds ``limit`` messages; the rate limit has not let them out.
+
+    Attributes:
+        limit: the queue's bound (``max_queued_messages``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"outbound queue is full ({limit} messages)")
 
 
 class ConnectError(DefiWsError):

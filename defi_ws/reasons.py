@@ -66,6 +66,8 @@ class Disconnect:
         http_status: the HTTP status of a refused handshake, if any.
         retry_after_s: the delay the venue asked for (Retry-After), if any.
         detail: a short human-readable description; never contains secrets.
+        retryable: overrides the reason's default retryability when not None
+            (an auth *timeout* is retryable, an auth *rejection* is not).
     """
 
     reason: DisconnectReason
@@ -73,6 +75,7 @@ class Disconnect:
     http_status: int | None = None
     retry_after_s: float | None = None
     detail: str = ""
+    retryable: bool | None = None
 
     def describe(self) -> str:
         """Return a one-line description, e.g. ``peer_close (code 1001): going away``."""
@@ -96,9 +99,12 @@ def default_is_retryable(disconnect: Disconnect) -> bool:
         disconnect: the disconnect to classify.
 
     Returns:
-        False for local stops, TLS failures, failed auth and handshakes refused
-        with 400/401/403/404; the reason's default otherwise.
+        The disconnect's own ``retryable`` when set; else False for local stops,
+        TLS failures, failed auth and handshakes refused with 400/401/403/404, and
+        the reason's default otherwise.
     """
+    if disconnect.retryable is not None:
+        return disconnect.retryable
     if disconnect.reason is DisconnectReason.HANDSHAKE_REJECTED:
         return disconnect.http_status not in FATAL_HTTP_STATUSES
     return disconnect.reason.retryable

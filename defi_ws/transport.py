@@ -26,7 +26,7 @@ import ssl
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -331,9 +331,12 @@ class MemoryConnection:
         listener: the client's listener (frames from ``server_*`` go to it).
     """
 
-    def __init__(self, listener: FeedListener, url: str) -> None:
+    def __init__(
+        self, listener: FeedListener, url: str, responder: Responder | None = None
+    ) -> None:
         self.listener = listener
         self.url = url
+        self._responder = responder
         self.sent: list[Frame] = []
         self.writes = 0
         self._closed = False
@@ -381,6 +384,20 @@ class MemoryConnection:
         if rest:
             raise ValueError("client wrote a partial frame")
         self.sent.extend(frames)
+        if self._responder is not None:
+            loop = asyncio.get_running_loop()
+            for frame in frames:
+                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    loop.call_soon(self._respond, frame.payload)
+
+    def _respond(self, payload: bytes) -> None:
+        if self._closed or self._responder is None:
+            return
+        try:
+            message: Any = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            message = payload
+        self._responder(self, message)
 
     def send_ping(self, payload: bytes = b"") -> None:
         if not (self._closed or self._close_sent):
@@ -435,15 +452,24 @@ class MemoryConnection:
         self.disconnect()
 
 
+#: A scripted venue: called (soon after) with each message the client sends.
+Responder = Callable[[MemoryConnection, Any], None]
+
+
 class MemoryTransport:
     """An in-memory :class:`Transport` for deterministic tests.
+
+    Args:
+        responder: plays the venue: called with ``(connection, message)`` for each
+            message the client sends (JSON-decoded where possible).
 
     Attributes:
         connections: every connection opened, oldest first.
         urls: the URL of every attempt, failed ones included.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, responder: Responder | None = None) -> None:
+        self.responder = responder
         self.connections: list[MemoryConnection] = []
         self.urls: list[str] = []
         self._failures: deque[BaseException] = deque()
@@ -466,7 +492,7 @@ class MemoryTransport:
         if self._failures:
             exc = self._failures.popleft()
             raise ConnectError(classify_connect_error(exc)) from exc
-        conn = MemoryConnection(listener, url)
+        conn = MemoryConnection(listener, url, self.responder)
         self.connections.append(conn)
         listener.attach(conn)
         if self.on_connect is not None:

@@ -1,0 +1,177 @@
+"""Venue adapters: the :class:`ExchangeHandler` protocol and the :class:`JsonHandler` base.
+
+A handler knows one venue's protocol: where to connect, how to log in, how to
+(un)subscribe, how to recognise acks, and how to decode. It holds no connection state
+the supervisor depends on; the desired subscription set lives in the client.
+
+Call order per connection (the supervisor guarantees it)::
+
+    url(attempt) -> on_connection() -> auth_messages() -> [classify() sees AuthReply]
+    -> subscribe_messages(batch)... -> [classify() sees Ack per topic] -> on_message(msg)...
+
+``classify`` is only called for messages whose raw bytes start with one of
+``control_prefixes`` (every message when it is ``None``); all others go straight to
+``on_message``, so keep the prefixes tight on busy feeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = [
+    "Ack",
+    "AuthReply",
+    "Control",
+    "ExchangeHandler",
+    "JsonHandler",
+    "chunked",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The venue's answer to a (un)subscribe request for one topic.
+
+    Attributes:
+        topic: the topic answered.
+        ok: True for a confirmation, False for a rejection.
+        detail: the venue's explanation of a rejection.
+        unsubscribe: True for an answer to an unsubscribe request.
+    """
+
+    topic: str
+    ok: bool = True
+    detail: str = ""
+    unsubscribe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthReply:
+    """The venue's answer to the login request."""
+
+    ok: bool
+    detail: str = ""
+
+
+#: What ``classify`` reports about one message.
+Control = Ack | AuthReply
+
+
+class ExchangeHandler(Protocol):
+    """What the supervisor needs from a venue adapter.
+
+    Attributes:
+        decode: turns a borrowed ``memoryview`` of a message into an object. The
+            view is valid only during the call.
+        control_prefixes: raw-byte prefixes of control messages (acks, auth
+            replies), or None to classify every message.
+        max_topics_per_message: most topics one subscribe message may carry.
+    """
+
+    decode: Callable[[memoryview], Any] | None
+    control_prefixes: tuple[bytes, ...] | None
+    max_topics_per_message: int
+
+    def url(self, attempt: int) -> str:
+        """The URL for this attempt (signed URLs and endpoint lists may vary it)."""
+
+    def on_connection(self) -> None:
+        """A new connection is about to authenticate: reset per-connection state."""
+
+    def auth_messages(self) -> Sequence[Any]:
+        """Messages that log in; empty when the venue needs no auth."""
+
+    def subscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
+        """Messages subscribing ``topics`` (at most ``max_topics_per_message``)."""
+
+    def unsubscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
+        """Messages unsubscribing ``topics``."""
+
+    def classify(self, message: Any) -> Sequence[Control]:
+        """Recognise acks and auth replies; an empty result means data."""
+
+    def on_message(self, message: Any) -> None:
+        """Receive one data message."""
+
+
+def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+    """Split ``items`` into lists of at most ``size``."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class JsonHandler:
+    """A handler for a generic JSON venue; override what your venue does differently.
+
+    The generic protocol (the one :class:`~defi_ws.testing.ExchangeSimulator` speaks)::
+
+        -> {"op": "subscribe", "args": ["trades.BTC", ...]}
+        <- {"event": "subscribed", "topic": "trades.BTC"}
+        <- {"event": "error", "topic": "nope", "msg": "unknown topic"}
+        -> {"op": "unsubscribe", "args": [...]}
+        <- {"event": "unsubscribed", "topic": "trades.BTC"}
+        <- {"event": "login", "success": true}      (when auth_messages() is not empty)
+        <- {"topic": "trades.BTC", "seq": 1, "data": {...}}
+
+    Args:
+        url: the venue's WebSocket URL.
+        on_data: called with each data message (default: :meth:`on_message` does
+            nothing; subclasses override it instead).
+        max_topics_per_message: most topics per subscribe message.
+    """
+
+    decode: Callable[[memoryview], Any] | None = staticmethod(orjson.loads)
+    control_prefixes: tuple[bytes, ...] | None = (b'{"event"',)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_data: Callable[[Any], object] | None = None,
+        max_topics_per_message: int = 50,
+    ) -> None:
+        self._url = url
+        self._on_data = on_data
+        self.max_topics_per_message = max_topics_per_message
+
+    def url(self, attempt: int) -> str:
+        """Return the configured URL."""
+        return self._url
+
+    def on_connection(self) -> None:
+        """Nothing to reset in the generic protocol."""
+
+    def auth_messages(self) -> Sequence[Any]:
+        """No auth by default."""
+        return ()
+
+    def subscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
+        """One ``{"op": "subscribe", "args": [...]}`` message."""
+        return [{"op": "subscribe", "args": list(topics)}]
+
+    def unsubscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
+        """One ``{"op": "unsubscribe", "args": [...]}`` message."""
+        return [{"op": "unsubscribe", "args": list(topics)}]
+
+    def classify(self, message: Any) -> Sequence[Control]:
+        """Recognise the generic protocol's ``event`` replies."""
+        if not isinstance(message, dict):
+            return ()
+        event = message.get("event")
+        if event == "subscribed":
+            return (Ack(str(message.get("topic"))),)
+        if event == "unsubscribed":
+            return (Ack(str(message.get("topic")), unsubscribe=True),)
+        if event == "error" and "topic" in message:
+            return (Ack(str(message["topic"]), ok=False, detail=str(message.get("msg", ""))),)
+        if event == "login":
+            return (AuthReply(bool(message.get("success")), str(message.get("msg", ""))),)
+        return ()
+
+    def on_message(self, message: Any) -> None:
+        """Hand a data message to ``on_data`` (override to handle it yourself)."""
+        if self._on_data is not None:
+            self._on_data(message)
