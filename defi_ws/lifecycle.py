@@ -244,20 +244,21 @@ class Lifecycle:
             ``Wait`` before the next attempt, or ``GaveUp`` when the disconnect is
             fatal or the strategy gives up.
         """
-        self._check(Event.LOST)
-        self.tick(now)
-        self.live_since = None
-        self.last_disconnect = disconnect
+        self.tick(now)  # a stable LIVE connection resets the attempts first
+        delay_s: float | None = None
         if disconnect.reason is not DisconnectReason.LOCAL_STOP and self._classify(disconnect):
             delay_s = self._strategy.next_delay_s(self.attempt + 1, disconnect)
-            if delay_s is not None:
-                self.attempt += 1
-                if disconnect.retry_after_s is not None:
-                    delay_s = max(delay_s, disconnect.retry_after_s)
-                self._fire(Event.LOST)
-                return [Wait(delay_s, disconnect)]
-        self._fire(Event.GIVE_UP)
-        return [GaveUp(disconnect)]
+        self._check(Event.GIVE_UP if delay_s is None else Event.LOST)
+        self.live_since = None
+        self.last_disconnect = disconnect
+        if delay_s is None:
+            self._fire(Event.GIVE_UP)
+            return [GaveUp(disconnect)]
+        self.attempt += 1
+        if disconnect.retry_after_s is not None:
+            delay_s = max(delay_s, disconnect.retry_after_s)
+        self._fire(Event.LOST)
+        return [Wait(delay_s, disconnect)]
 
     def retry(self, now: float) -> list[Action]:
         """The backoff delay elapsed: connect again."""
