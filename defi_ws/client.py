@@ -21,8 +21,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import picows
@@ -36,7 +36,10 @@ from defi_ws.errors import (
     NotConnectedError,
     SendQueueFull,
 )
+from defi_ws._core import now_ns
 from defi_ws.handler import Ack, AuthReply, ExchangeHandler, chunked
+from defi_ws.health import Health, HealthRule, RttHistogram, StaleClock
+from defi_ws.heartbeat import HeartbeatKind, HeartbeatStrategy, PingClock, WsPing
 from defi_ws.lifecycle import (
     Action,
     CloseConnection,
@@ -51,6 +54,7 @@ from defi_ws.pacing import Pacer, TokenBucket, Unlimited
 from defi_ws.reasons import Classifier, Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, ReconnectStrategy
 from defi_ws.subscriptions import ACK_TIMEOUT_DETAIL, SubscriptionSet
+from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
     ConnectOptions,
     Connection,
@@ -99,7 +103,7 @@ class _ConnectionEvents:
         pass
 
     def on_pong(self, recv_ns: int, payload: bytes) -> None:
-        pass
+        self._client._on_pong(recv_ns)
 
     def on_close_received(self, code: int, reason: str) -> None:
         self._client._wake()
@@ -109,7 +113,7 @@ class _ConnectionEvents:
 
     def on_handler_error(self, stage: str, exc: BaseException) -> None:
         client = self._client
-        client.handler_errors += 1
+        client.health.handler_errors += 1
         if client._error_policy is ErrorPolicy.DISCONNECT:
             client._local_disconnect = client._local_disconnect or Disconnect(
                 DisconnectReason.HANDLER_ERROR, detail=f"{stage}: {type(exc).__name__}"
@@ -142,7 +146,15 @@ class FeedClient:
         outbound_burst: messages that may leave at once under the rate limit.
         max_queued_messages: bound of the outbound queue (``SendQueueFull`` above).
         error_policy: what a decode/callback exception does.
-        ssl_context: TLS settings for ``wss://``.
+        heartbeat: how to ping the venue and recognise its pong (default:
+            ``WsPing()``, control frames every 10 s, 10 s to answer).
+        stale_after_s: drop the connection (reason STALE) when no data message
+            arrives for this long while LIVE; None turns the global check off.
+        topic_stale_after_s: per-topic windows (needs ``handler.topic_of``); a
+            topic mapped to None is never stale.
+        health_rules: policies checked each tick (reason HEALTH_POLICY), e.g.
+            ``RttRule(p99_above_s=0.5)`` or ``ErrorRateRule(10, 60)``.
+        tls: TLS policy for ``wss://`` (default: verify certificates).
         extra_headers: extra HTTP headers for the upgrade request.
         on_connected: called with no argument each time the feed becomes LIVE.
         on_disconnected: called with the :class:`Disconnect` of each lost connection.
@@ -173,7 +185,11 @@ class FeedClient:
         outbound_burst: int = 5,
         max_queued_messages: int = 10_000,
         error_policy: ErrorPolicy = ErrorPolicy.CONTINUE,
-        ssl_context: Any = None,
+        heartbeat: HeartbeatStrategy | None = None,
+        stale_after_s: float | None = None,
+        topic_stale_after_s: Mapping[str, float | None] | None = None,
+        health_rules: Sequence[HealthRule] = (),
+        tls: TlsConfig | None = None,
         extra_headers: dict[str, str] | None = None,
         on_connected: Callable[[], object] | None = None,
         on_disconnected: Callable[[Disconnect], object] | None = None,
@@ -227,7 +243,7 @@ class FeedClient:
         self._options = ConnectOptions(
             handshake_timeout_s=connect_timeout_s,
             max_message_size=max_message_size,
-            ssl_context=ssl_context,
+            ssl_context=(tls or TlsConfig()).context(),
             extra_headers=dict(extra_headers or {}),
         )
         self._on_connected = on_connected
@@ -237,6 +253,14 @@ class FeedClient:
         self._on_rejected = on_subscription_rejected
         self._clock = clock
 
+        self._heartbeat = heartbeat or WsPing()
+        self._ping = PingClock(self._heartbeat)
+        self._stale = StaleClock(stale_after_s, topic_stale_after_s)
+        self._rules = tuple(health_rules)
+        self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
+        self._topic_counts: dict[str, int] = {}
+        if topic_stale_after_s and self._topic_of is None:
+            raise ConfigError(["topic_stale_after_s needs a handler with topic_of(message)"])
         self._outbound = Outbound()
         self._pacer: Pacer = Unlimited()
         self._outbox: deque[tuple[_Kind, Any]] = deque()
@@ -251,13 +275,10 @@ class FeedClient:
         self._auth_reply: AuthReply | None = None
         self._fatal: FatalDisconnect | None = None
 
-        #: The hot path's error ring: ``(ts_ns, stage, message)``, newest last.
-        self.errors: deque[tuple[int, str, str]] = deque(maxlen=64)
-        #: Disconnects seen, per reason.
-        self.disconnects: Counter[DisconnectReason] = Counter()
-        self.reconnects = 0
-        self.handler_errors = 0
-        self.unknown_acks = 0
+        #: Counters, RTT histogram and the recent-error ring.
+        self.health = Health()
+        #: RTT of the current connection only (for health rules).
+        self._rtt_connection = RttHistogram()
         #: Every disconnect in order (bounded).
         self.history: deque[Disconnect] = deque(maxlen=256)
 
@@ -292,6 +313,21 @@ class FeedClient:
     def last_disconnect(self) -> Disconnect | None:
         """The most recent classified disconnect."""
         return self._lc.last_disconnect
+
+    def snapshot(self) -> dict[str, Any]:
+        """Health and state as a plain dict, ready for JSON or logging."""
+        return self.health.snapshot(
+            self._clock(),
+            name=self.name,
+            state=self._lc.state.name,
+            attempt=self._lc.attempt,
+            topics_desired=len(self._subs.desired),
+            topics_confirmed=len(self._subs.confirmed()),
+            topics_pending=len(self._subs.pending()),
+        )
+
+    def __repr__(self) -> str:
+        return f"<FeedClient {self.name!r} state={self._lc.state.name}>"
 
     async def __aenter__(self) -> FeedClient:
         self.start()
@@ -447,8 +483,10 @@ class FeedClient:
         try:
             callback(*args)
         except Exception as exc:
-            self.handler_errors += 1
-            self.errors.append((time.monotonic_ns(), "user_callback", f"{type(exc).__name__}: {exc}"[:200]))
+            self.health.handler_errors += 1
+            self.health.errors.append(
+                (now_ns(), "user_callback", f"{type(exc).__name__}: {exc}"[:200])
+            )
             log.exception("%s: user callback %r raised", self.name, callback)
 
     async def _run(self) -> None:
@@ -514,15 +552,18 @@ class FeedClient:
         attempt = self._lc.attempt
         url = self.handler.url(attempt)
         listener = FeedListener(
-            self.handler.on_message,
+            self._data_callback(),
             self.handler.decode,
             _ConnectionEvents(self),
             on_control=self._on_control,
             control_prefixes=self.handler.control_prefixes,
             max_message_size=self._max_message_size,
             error_policy=int(self._error_policy),
-            errors=self.errors,
+            errors=self.health.errors,
         )
+        pong = self._heartbeat.pong_pattern()
+        if pong is not None:
+            listener.set_app_pong(pong[0], pong[1])
         self._local_disconnect = None
         self._auth_reply = None
         try:
@@ -536,9 +577,11 @@ class FeedClient:
             return
         log.debug("%s: connected to %s", self.name, redact_url(url))
         self._conn = conn
+        self.health.attach(listener, self._clock())
         try:
             disconnect = await self._session(conn)
         finally:
+            self.health.detach()
             if not conn.closed:
                 conn.abort()
             self._conn = None
@@ -553,7 +596,9 @@ class FeedClient:
             self._lost(disconnect)
 
     def _record(self, disconnect: Disconnect) -> None:
-        self.disconnects[disconnect.reason] += 1
+        self.health.disconnects[disconnect.reason.label] += 1
+        self.health.last_disconnect = disconnect.describe()
+        self.health.errors.append((now_ns(), disconnect.reason.label, disconnect.describe()[:200]))
         self.history.append(disconnect)
         level = logging.WARNING if disconnect.reason.peer_caused else logging.DEBUG
         log.log(level, "%s: disconnected: %s", self.name, disconnect.describe())
@@ -579,6 +624,9 @@ class FeedClient:
             Unlimited() if self._rate[0] is None else TokenBucket(self._rate[0], self._rate[1])
         )
         self._step(self._lc.opened(now), State.CONNECTING)
+        self._ping.reset(now)
+        self._rtt_connection = RttHistogram()
+        self._topic_counts.clear()
         self.handler.on_connection()
         self._subs.reset_connection()
         auth = list(self.handler.auth_messages())
@@ -606,10 +654,15 @@ class FeedClient:
                     conn.abort()
                     continue
             else:
-                self._advance(conn, now, auth_deadline)
+                self._watchdog(conn, now)
+                if self._local_disconnect is None:
+                    self._advance(conn, now, auth_deadline)
             delay_s = self._drain(now) if self._local_disconnect is None else None
             timeout_s = self._tick_s
-            for deadline in (close_deadline, self._subs.next_deadline()):
+            closing = self._local_disconnect is not None
+            deadlines = (close_deadline,) if closing else (
+                self._subs.next_deadline(), self._ping.next_deadline())
+            for deadline in deadlines:
                 if deadline is not None:
                     timeout_s = min(timeout_s, max(0.0, deadline - now))
             if delay_s is not None:
@@ -661,13 +714,70 @@ class FeedClient:
         if self._lc.state is State.SUBSCRIBING and self._subs.settled:
             for action in self._step(self._lc.subscribed(now), State.SUBSCRIBING):
                 if isinstance(action, Live):
+                    self._stale.reset(now)
                     assert self._live is not None
                     self._live.set()
                     self._notify(self._on_connected)
                     if action.reconnected:
-                        self.reconnects += 1
+                        self.health.reconnects += 1
                         self._notify(self._on_reconnected)
         self._lc.tick(now)
+
+    def _data_callback(self) -> Callable[[Any], object]:
+        """The data callback for the hot path: the handler's, counting topics if asked."""
+        on_message = self.handler.on_message
+        topic_of = self._topic_of
+        if topic_of is None or not self._stale.topic_allowance_s:
+            return on_message
+        counts = self._topic_counts
+
+        def counted(message: Any) -> None:
+            topic = topic_of(message)
+            if topic is not None:
+                counts[topic] = counts.get(topic, 0) + 1
+            on_message(message)
+
+        return counted
+
+    def _on_pong(self, recv_ns: int) -> None:
+        rtt_ns = self._ping.answered(recv_ns)
+        if rtt_ns is not None:
+            self.health.rtt.record(rtt_ns)
+            self._rtt_connection.record(rtt_ns)
+
+    def _watchdog(self, conn: Connection, now: float) -> None:
+        """Heartbeat, stale clocks and health rules: once per loop turn, never per message."""
+        if self._ping.timed_out(now):
+            self._local_disconnect = Disconnect(
+                DisconnectReason.PING_TIMEOUT,
+                detail=f"no pong within {self._heartbeat.timeout_s}s",
+            )
+            return
+        if self._ping.due(now):
+            self._ping.sent(now, now_ns())
+            self.health.pings_sent += 1
+            if self._heartbeat.kind is HeartbeatKind.CONTROL:
+                payload = self._heartbeat.ping_payload()
+                conn.send_ping(payload.encode() if isinstance(payload, str) else payload)
+            else:
+                self._pacer.try_take(now)  # heartbeats count toward the venue's limit
+                with contextlib.suppress(NotConnectedError):
+                    self._outbound.send(conn, self._heartbeat.ping_payload())
+        if self._lc.state is not State.LIVE:
+            return
+        stale = self._stale.observe(
+            now, conn.listener.messages,
+            self._topic_counts if self._stale.topic_allowance_s else None,
+            self._subs.confirmed(),
+        )
+        if stale is not None:
+            self._local_disconnect = Disconnect(DisconnectReason.STALE, detail=stale)
+            return
+        for rule in self._rules:
+            verdict = rule.check(now, self._rtt_connection, self.health.handler_errors)
+            if verdict is not None:
+                self._local_disconnect = Disconnect(DisconnectReason.HEALTH_POLICY, detail=verdict)
+                return
 
     def _queue_changes(self) -> None:
         """Queue unsubscribes and not-yet-queued subscribes for the current connection."""
@@ -731,7 +841,7 @@ class FeedClient:
                     else self._subs.reject(result.topic, result.detail or "rejected")
                 )
                 if not known:
-                    self.unknown_acks += 1
+                    self.health.unknown_acks += 1
                     log.debug("%s: ack for a topic not pending: %r", self.name, result.topic)
         self._wake()
 

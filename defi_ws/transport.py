@@ -339,6 +339,8 @@ class MemoryConnection:
         self._responder = responder
         self.sent: list[Frame] = []
         self.writes = 0
+        #: Answer PINGs with PONGs (turn off to simulate a dead peer).
+        self.auto_pong = True
         self._closed = False
         self._close_sent = False
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -402,6 +404,12 @@ class MemoryConnection:
     def send_ping(self, payload: bytes = b"") -> None:
         if not (self._closed or self._close_sent):
             self.sent.append(Frame(Opcode.PING, bytes(payload)))
+            if self.auto_pong:  # like a live server: answer soon
+                asyncio.get_running_loop().call_soon(self._pong, bytes(payload))
+
+    def _pong(self, payload: bytes) -> None:
+        if not self._closed:
+            self.listener.feed(Opcode.PONG, payload, True, 0)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if not self._closed:

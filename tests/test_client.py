@@ -55,7 +55,7 @@ def test_live_then_reconnect_replays_subscriptions() -> None:
             assert client.last_disconnect == Disconnect(
                 DisconnectReason.PEER_CLOSE, close_code=1012, detail="restart")
         assert events == ["connected", DisconnectReason.PEER_CLOSE, "connected", "reconnected"]
-        assert client.state is State.CLOSED and client.reconnects == 1
+        assert client.state is State.CLOSED and client.health.reconnects == 1
         # The local stop answered with a clean close.
         assert venue.transport.current.sent[-1].close_code == 1000
 
@@ -105,7 +105,7 @@ def test_auth_timeout_is_retried_with_backoff() -> None:
             attempts = len(venue.transport.connections)
         # Each attempt: 2 s auth timeout (+ up to 2 s closing handshake) + 1 s backoff.
         assert 2 <= attempts <= 4
-        assert client.disconnects[DisconnectReason.AUTH_FAILED] >= 2
+        assert client.health.disconnects["auth_failed"] >= 2
         assert loop.time() >= 10.0
 
     run_virtual(main())
@@ -149,7 +149,7 @@ def test_ack_for_unknown_topic_is_counted_not_fatal() -> None:
             await client.wait_live(5)
             venue.transport.current.server_send({"event": "subscribed", "topic": "ghost"})
             await asyncio.sleep(0.1)
-            assert client.unknown_acks == 1 and client.state is State.LIVE
+            assert client.health.unknown_acks == 1 and client.state is State.LIVE
 
     run_virtual(main())
 
@@ -197,8 +197,8 @@ def test_handler_errors_are_counted_and_policy_can_disconnect() -> None:
             venue.transport.current.server_send({"x": 1})
             venue.transport.current.server_send(b"{not json")
             await asyncio.sleep(0.1)
-            assert client.state is State.LIVE and client.handler_errors == 2
-            assert [e[1] for e in client.errors] == ["callback", "decode"]
+            assert client.state is State.LIVE and client.health.handler_errors == 2
+            assert [e[1] for e in client.health.errors] == ["callback", "decode"]
 
         venue = MemoryVenue()
         client = client_for(venue, JsonHandler("ws://venue", on_data=explode),

@@ -1,7 +1,35 @@
-"""Test support shipped with defi-ws: a plain RFC 6455 frame codec (and, later, a venue simulator)."""
+"""Test support shipped with defi-ws: a plain RFC 6455 frame codec and a venue simulator.
+
+The simulator is imported lazily (on first access to :class:`ExchangeSimulator` or
+:func:`login_message`), so importing the frame codec does not load the server, and
+``python -m defi_ws.testing.simulator`` does not import its module twice.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from defi_ws.testing.frames import Frame, Opcode, build_frame, parse_frames
 
-__all__ = ["Frame", "Opcode", "build_frame", "parse_frames"]
+if TYPE_CHECKING:
+    from defi_ws.testing.simulator import ExchangeSimulator, SimConnection, login_message
+
+__all__ = [
+    "ExchangeSimulator",
+    "Frame",
+    "Opcode",
+    "SimConnection",
+    "build_frame",
+    "login_message",
+    "parse_frames",
+]
+
+_LAZY = frozenset({"ExchangeSimulator", "SimConnection", "login_message"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from defi_ws.testing import simulator
+
+        return getattr(simulator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

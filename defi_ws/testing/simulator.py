@@ -1,0 +1,1257 @@
+"""A scriptable venue: a real local WebSocket server speaking the generic JSON protocol.
+
+:class:`ExchangeSimulator` is a picows server on ``127.0.0.1`` (port chosen free by
+default) that speaks the protocol :class:`~defi_ws.handler.JsonHandler` expects::
+
+    -> {"op": "login", "args": {"key": k, "ts": ms, "sig": hex}}   (when api_key is set)
+    <- {"event": "login", "success": true}
+    -> {"op": "subscribe", "args": ["trades.BTC"]}
+    <- {"event": "subscribed", "topic": "trades.BTC"}
+    <- {"topic": "trades.BTC", "seq": 1, "data": {"px": "...", "qty": "...", "id": 1, "ts": ms}}
+    -> "ping"            <- "pong"
+    -> {"op": "ping"}    <- {"event": "pong"}
+
+Streams carry one sequence number per topic, global to the simulator: a client that
+reconnects sees its topic's sequence continue, with gaps only where a test injects
+them (:meth:`ExchangeSimulator.sequence_gap`). Messages are only generated for topics
+somebody is subscribed to.
+
+Faults are methods: some act on the current connections (``drop_all``, ``close_all``,
+``send_garbage``...), others are switches that hold for current and next connections
+until turned off (``silence``, ``withhold_pongs``, ``delay_pongs``, ``reject_auth``,
+``reject_subscribes``, ``slow_handshake``) or queue up for the next handshakes
+(``reject_handshakes``).
+
+Example::
+
+    async with ExchangeSimulator(rate_per_s=50) as sim:
+        async with FeedClient(JsonHandler(sim.url), topics=["trades.BTC"]) as client:
+            await client.wait_live()
+            sim.drop_all()
+
+Run it by hand with ``python -m defi_ws.testing.simulator --port 0 --rate 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import random
+import socket
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, cast
+
+import orjson
+import picows
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
+
+from defi_ws.testing.frames import Opcode, build_frame
+
+__all__ = [
+    "ALL_FAULTS",
+    "RECOVERABLE_FAULTS",
+    "ExchangeSimulator",
+    "SimConnection",
+    "login_message",
+    "login_signature",
+]
+
+_LOG = logging.getLogger("defi_ws.simulator")
+_PICOWS_LOG = logging.getLogger("defi_ws.simulator.picows")
+
+_HOST = "127.0.0.1"
+
+#: The faults :meth:`ExchangeSimulator.random_faults` picks among by default. Each is
+#: one a well-behaved client recovers from by reconnecting.
+RECOVERABLE_FAULTS: tuple[str, ...] = (
+    "drop",
+    "close",
+    "maintenance",
+    "reject_handshake",
+    "silence",
+    "withhold_pongs",
+    "garbage",
+    "invalid_utf8",
+    "stray_continuation",
+)
+
+#: Every fault name :meth:`ExchangeSimulator.random_faults` understands.
+ALL_FAULTS: tuple[str, ...] = (*RECOVERABLE_FAULTS, "invalid_json", "sequence_gap")
+
+
+def login_signature(secret: str, ts_ms: int) -> str:
+    """The login signature: hex HMAC-SHA256 of ``f"{ts_ms}GET/login"`` keyed by ``secret``.
+
+    Args:
+        secret: the API secret.
+        ts_ms: the timestamp in milliseconds.
+
+    Returns:
+        The lowercase hex digest.
+    """
+    return hmac.new(secret.encode(), f"{ts_ms}GET/login".encode(), hashlib.sha256).hexdigest()
+
+
+def login_message(key: str, secret: str, ts_ms: int | None = None) -> dict[str, Any]:
+    """Build the login request the simulator expects.
+
+    Args:
+        key: the API key.
+        secret: the API secret.
+        ts_ms: the timestamp in milliseconds (default: now).
+
+    Returns:
+        ``{"op": "login", "args": {"key": key, "ts": ts_ms, "sig": hex}}``.
+    """
+    if ts_ms is None:
+        ts_ms = int(time.time() * 1000)
+    return {
+        "op": "login",
+        "args": {"key": key, "ts": ts_ms, "sig": login_signature(secret, ts_ms)},
+    }
+
+
+class SimConnection:
+    """The simulator's side of one upgraded connection.
+
+    Attributes:
+        id: a number unique within the simulator, from 1.
+        path: the request path of the upgrade (query string included).
+        headers: the upgrade request's headers (lower-case names).
+        topics: the topics this connection is subscribed to.
+        logged_in: whether a login succeeded on this connection.
+        login_before_subscribe: whether a successful login preceded the first
+            subscribe (None until the first subscribe, or when auth is off).
+        close_code_received: the code of the client's CLOSE frame (1005 when it gave
+            none), or None.
+        messages_received: text/binary messages the client sent.
+        messages_sent: stream messages delivered to this connection.
+        pings_received: WebSocket PINGs and application pings received.
+        write_paused: whether the socket's write buffer is above its high-water mark.
+        disconnected: set once the connection is gone.
+    """
+
+    def __init__(self, sim: ExchangeSimulator, conn_id: int, request: Any) -> None:
+        self._sim = sim
+        self.id = conn_id
+        self.path = bytes(request.path).decode("latin-1")
+        self.headers: dict[str, str] = {str(k).lower(): str(v) for k, v in request.headers.items()}
+        self.topics: set[str] = set()
+        self.logged_in = False
+        self.login_before_subscribe: bool | None = None
+        self.close_code_received: int | None = None
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.pings_received = 0
+        self.write_paused = False
+        self.disconnected = asyncio.Event()
+        self._ws: Any = None
+        self._handles: set[asyncio.TimerHandle] = set()
+        self._fragments: bytearray | None = None
+
+    def __repr__(self) -> str:
+        return f"<SimConnection #{self.id} topics={sorted(self.topics)}>"
+
+    @property
+    def open(self) -> bool:
+        """Whether the connection is up and no CLOSE frame was sent on it."""
+        ws = self._ws
+        return ws is not None and not ws.is_disconnected and not ws.is_close_frame_sent
+
+    # ----------------------------------------------------------------- sending
+
+    def send_text(self, payload: bytes | str) -> None:
+        """Send one TEXT frame (ignores silence; no-op once closing).
+
+        Args:
+            payload: the message; ``str`` is encoded as UTF-8.
+        """
+        if self.open:
+            self._ws.send(picows.WSMsgType.TEXT, payload)
+
+    def send_json(self, message: Any) -> None:
+        """Send ``message`` serialised as JSON in one TEXT frame (ignores silence).
+
+        Args:
+            message: anything orjson can serialise.
+        """
+        self.send_text(orjson.dumps(message))
+
+    def send_raw(self, data: bytes) -> None:
+        """Write raw bytes on the socket, bypassing the framing (ignores silence).
+
+        Args:
+            data: the bytes to write.
+        """
+        ws = self._ws
+        if ws is not None and not ws.is_disconnected:
+            ws.underlying_transport.write(data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send CLOSE; drop the socket when the client answers or after the close timeout.
+
+        Args:
+            code: the close code.
+            reason: the close reason (at most 123 UTF-8 bytes).
+        """
+        ws = self._ws
+        if ws is None or ws.is_disconnected:
+            return
+        if not ws.is_close_frame_sent:
+            ws.send_close(picows.WSCloseCode(code), reason.encode()[:123])
+        self._later(self._sim.close_timeout_s, self.drop)
+
+    def disconnect(self) -> None:
+        """Close the TCP connection after flushing (no CLOSE frame)."""
+        if self._ws is not None and not self._ws.is_disconnected:
+            self._ws.disconnect(True)
+
+    def drop(self) -> None:
+        """Reset the connection now: SO_LINGER 0, then abort (the client sees an RST)."""
+        ws = self._ws
+        if ws is None or ws.is_disconnected:
+            return
+        _abort_with_rst(ws.underlying_transport)
+
+    # ----------------------------------------------------------------- internals
+
+    def _later(self, delay_s: float, callback: Callable[[], object]) -> None:
+        def run() -> None:
+            self._handles.discard(handle)
+            callback()
+
+        handle = asyncio.get_running_loop().call_later(delay_s, run)
+        self._handles.add(handle)
+
+    def _cancel_timers(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+
+
+def _abort_with_rst(transport: asyncio.Transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class _Listener(picows.WSListener):
+    """Routes one connection's picows callbacks to the simulator."""
+
+    def __init__(self, sim: ExchangeSimulator, conn: SimConnection) -> None:
+        super().__init__()
+        self._sim = sim
+        self._conn = conn
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        self._conn._ws = transport
+        self._sim._on_connected(self._conn)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        self._sim._on_frame(self._conn, frame)
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        self._sim._on_disconnected(self._conn)
+
+    def pause_writing(self) -> None:
+        self._conn.write_paused = True
+        self._sim.write_pauses += 1
+
+    def resume_writing(self) -> None:
+        self._conn.write_paused = False
+
+
+class _Gate(asyncio.Protocol):
+    """Holds an accepted socket (reading paused) before handing it to picows.
+
+    With no delay it hands over at once; with a delay it models a slow upgrade.
+    """
+
+    def __init__(self, sim: ExchangeSimulator, delay_s: float) -> None:
+        self._sim = sim
+        self._delay_s = delay_s
+        self._buffered = bytearray()
+        self._lost = False
+        self._handle: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; both have its API.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self._sim._raw_transports.add(transport)
+        if self._delay_s <= 0:
+            self._hand_over()
+            return
+        transport.pause_reading()
+        self._sim._gates.add(self)
+        self._handle = asyncio.get_running_loop().call_later(self._delay_s, self._hand_over)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffered += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._sim._gates.discard(self)
+
+    def _hand_over(self) -> None:
+        self._handle = None
+        self._sim._gates.discard(self)
+        transport = self._transport
+        if self._lost or transport is None or transport.is_closing():
+            return
+        protocol = self._sim._new_ws_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data = memoryview(bytes(self._buffered))
+        self._buffered.clear()
+        while data and not transport.is_closing():
+            buf = memoryview(protocol.get_buffer(len(data))).cast("B")
+            size = min(len(buf), len(data))
+            buf[:size] = data[:size]
+            protocol.buffer_updated(size)
+            data = data[size:]
+        if self._delay_s > 0 and not transport.is_closing():
+            transport.resume_reading()
+
+
+class ExchangeSimulator:
+    """A local venue for tests and soaks; see the module docstring for the protocol.
+
+    Use it as ``async with ExchangeSimulator(...) as sim:``; it listens only on
+    127.0.0.1. Every public method is synchronous unless marked async and must be
+    called from the event loop's thread.
+
+    Args:
+        port: the TCP port; 0 picks a free one.
+        rate_per_s: stream messages per second per subscribed topic (0: no stream).
+        api_key: when set (with ``api_secret``), clients must log in before subscribing.
+        api_secret: the secret the login signature is keyed with.
+        reject_topics: topics whose subscribe is answered with an error.
+        topic_allowed: a predicate; topics it returns False for are rejected too.
+        seed: seed for the generated prices and sizes.
+        close_timeout_s: how long a CLOSE the simulator sent waits for the client's
+            answer before the socket is reset.
+        max_frame_size: the largest frame accepted from a client.
+
+    Attributes:
+        connections_accepted: WebSocket upgrades completed.
+        tcp_accepted: TCP connections accepted (refused upgrades included).
+        handshakes_rejected: upgrades refused with an HTTP error status.
+        handshake_statuses: the status of every refused upgrade, in order.
+        duplicate_subscribes: subscribes of a topic the connection already had.
+        subscribe_before_login: connections whose first subscribe came before a
+            successful login (only counted when auth is on).
+        logins_ok: successful logins.
+        logins_failed: failed logins.
+        messages_sent: stream messages delivered, per topic (one per connection).
+        last_seq: the last sequence number generated, per topic.
+        pings_received: WebSocket and application pings received.
+        pongs_sent: WebSocket and application pongs sent.
+        pongs_withheld: pongs not sent because of silence or ``withhold_pongs``.
+        close_codes_received: the code of every CLOSE frame clients sent.
+        write_pauses: times a connection's write buffer crossed its high-water mark.
+        faults: how many times each fault was injected, by name.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        rate_per_s: float = 0.0,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        reject_topics: Iterable[str] = (),
+        topic_allowed: Callable[[str], bool] | None = None,
+        seed: int | None = 0,
+        close_timeout_s: float = 1.0,
+        max_frame_size: int = 1024 * 1024,
+    ) -> None:
+        if (api_key is None) != (api_secret is None):
+            raise ValueError("api_key and api_secret go together")
+        if rate_per_s < 0:
+            raise ValueError("rate_per_s must be >= 0")
+        self._port = port
+        self._rate = float(rate_per_s)
+        self._rates: dict[str, float] = {}
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.reject_topics: set[str] = set(reject_topics)
+        self.topic_allowed = topic_allowed
+        self.close_timeout_s = close_timeout_s
+        self._max_frame_size = max_frame_size
+        self._rng = random.Random(seed)
+
+        # stats
+        self.connections_accepted = 0
+        self.tcp_accepted = 0
+        self.handshakes_rejected = 0
+        self.handshake_statuses: list[int] = []
+        self.duplicate_subscribes = 0
+        self.subscribe_before_login = 0
+        self.logins_ok = 0
+        self.logins_failed = 0
+        self.messages_sent: Counter[str] = Counter()
+        self.last_seq: dict[str, int] = {}
+        self.pings_received = 0
+        self.pongs_sent = 0
+        self.pongs_withheld = 0
+        self.close_codes_received: list[int] = []
+        self.write_pauses = 0
+        self.faults: Counter[str] = Counter()
+
+        # fault switches
+        self._silent = False
+        self._withhold_pongs = False
+        self._pong_delay_s = 0.0
+        self._handshake_delay_s = 0.0
+        self._reject_auth = False
+        self._handshake_rejections: deque[tuple[int, float | None]] = deque()
+        self._refuse_until = 0.0
+        self._refuse_status = 503
+        self._pending_gaps: dict[str, int] = {}
+
+        # state
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conns: dict[int, SimConnection] = {}
+        self._next_id = 0
+        self._subscribers: dict[str, set[SimConnection]] = {}
+        self._credit: dict[str, float] = {}
+        self._prices: dict[str, float] = {}
+        self._raw_transports: set[asyncio.Transport] = set()
+        self._gates: set[_Gate] = set()
+        self._stream_task: asyncio.Task[None] | None = None
+        self._fault_task: asyncio.Task[None] | None = None
+        self._rate_changed = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._closing = False
+
+    # ================================================================ lifecycle
+
+    async def __aenter__(self) -> ExchangeSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start listening on 127.0.0.1 and start the stream task."""
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._changed = asyncio.Event()
+        self._rate_changed = asyncio.Event()
+        self._server = await self._loop.create_server(self._accept, _HOST, self._port)
+        self._stream_task = asyncio.create_task(self._stream_loop(), name="simulator-stream")
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Close every connection (CLOSE 1001), finish every task, close the server.
+
+        Args:
+            timeout_s: how long connections get to close before they are reset.
+        """
+        if self._server is None:
+            return
+        self._closing = True
+        for task in (self._fault_task, self._stream_task):
+            if task is not None:
+                task.cancel()
+        for task in (self._fault_task, self._stream_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._fault_task = self._stream_task = None
+        self._silent = self._withhold_pongs = False
+        for gate in list(self._gates):
+            gate.cancel()
+        conns = list(self._conns.values())
+        for conn in conns:
+            conn._cancel_timers()
+            if conn.open:
+                conn._ws.send_close(picows.WSCloseCode.GOING_AWAY, b"simulator shutdown")
+            conn.disconnect()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for conn in conns:
+                    await conn.disconnected.wait()
+        for transport in list(self._raw_transports):
+            if not transport.is_closing():
+                transport.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                for conn in conns:
+                    if not conn.disconnected.is_set():
+                        conn._ws.disconnect(False)
+                    await conn.disconnected.wait()
+        for conn in conns:
+            conn._cancel_timers()
+        self._raw_transports.clear()
+        server, self._server = self._server, None
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0)  # let transports' connection_lost callbacks run
+
+    # ================================================================ properties
+
+    @property
+    def port(self) -> int:
+        """The port the simulator listens on."""
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:<port>/``."""
+        return f"ws://{_HOST}:{self.port}/"
+
+    @property
+    def connections(self) -> list[SimConnection]:
+        """The upgraded connections that are still up, oldest first."""
+        return list(self._conns.values())
+
+    @property
+    def current_connections(self) -> int:
+        """How many upgraded connections are up."""
+        return len(self._conns)
+
+    @property
+    def rate_per_s(self) -> float:
+        """The default stream rate per topic."""
+        return self._rate
+
+    def subscribers(self, topic: str) -> int:
+        """How many connections are subscribed to ``topic``.
+
+        Args:
+            topic: the topic.
+
+        Returns:
+            The number of subscribed connections.
+        """
+        return len(self._subscribers.get(topic, ()))
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters, for logs and soak reports.
+
+        Returns:
+            A JSON-serialisable dict.
+        """
+        return {
+            "connections_accepted": self.connections_accepted,
+            "current_connections": self.current_connections,
+            "tcp_accepted": self.tcp_accepted,
+            "handshakes_rejected": self.handshakes_rejected,
+            "duplicate_subscribes": self.duplicate_subscribes,
+            "subscribe_before_login": self.subscribe_before_login,
+            "logins_ok": self.logins_ok,
+            "logins_failed": self.logins_failed,
+            "messages_sent": dict(self.messages_sent),
+            "last_seq": dict(self.last_seq),
+            "pings_received": self.pings_received,
+            "pongs_sent": self.pongs_sent,
+            "pongs_withheld": self.pongs_withheld,
+            "close_codes_received": list(self.close_codes_received),
+            "write_pauses": self.write_pauses,
+            "faults": dict(self.faults),
+        }
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        """Wait until ``predicate()`` is true; it is re-checked on every state change.
+
+        State changes are connections, disconnections, subscribes, logins and stream
+        messages.
+
+        Args:
+            predicate: the condition.
+            timeout_s: the limit.
+
+        Raises:
+            TimeoutError: the condition did not become true in time.
+        """
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_connections(self, count: int, timeout_s: float = 5.0) -> None:
+        """Wait until exactly ``count`` upgraded connections are up.
+
+        Args:
+            count: the number of connections.
+            timeout_s: the limit.
+
+        Raises:
+            TimeoutError: not in time.
+        """
+        await self.wait_for(lambda: self.current_connections == count, timeout_s)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ================================================================ stream control
+
+    def set_rate(self, rate_per_s: float, topic: str | None = None) -> None:
+        """Change the stream rate.
+
+        Args:
+            rate_per_s: messages per second (0 stops the stream).
+            topic: one topic to set it for; None sets the default for all topics
+                without their own rate.
+        """
+        if rate_per_s < 0:
+            raise ValueError("rate_per_s must be >= 0")
+        if topic is None:
+            self._rate = float(rate_per_s)
+        else:
+            self._rates[topic] = float(rate_per_s)
+        self._rate_changed.set()
+
+    def burst(self, topic: str, n: int) -> int:
+        """Generate ``n`` messages of ``topic`` now and send them to its subscribers.
+
+        Nothing is generated (and the sequence does not move) when nobody is
+        subscribed or the simulator is silenced.
+
+        Args:
+            topic: the topic.
+            n: how many messages.
+
+        Returns:
+            The number of messages generated.
+        """
+        if self._silent or not self._subscribers.get(topic):
+            return 0
+        self._emit(topic, n)
+        return n
+
+    def sequence_gap(self, topic: str, skip: int = 1) -> None:
+        """Make the next message of ``topic`` skip ``skip`` sequence numbers.
+
+        Args:
+            topic: the topic.
+            skip: how many numbers to skip.
+        """
+        self._pending_gaps[topic] = self._pending_gaps.get(topic, 0) + skip
+        self.faults["sequence_gap"] += 1
+
+    def _any_rate(self) -> bool:
+        return self._rate > 0 or any(r > 0 for r in self._rates.values())
+
+    async def _stream_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            if not self._any_rate():
+                self._rate_changed.clear()
+                await self._rate_changed.wait()
+                last = loop.time()
+                continue
+            top = max([self._rate, *self._rates.values()])
+            await asyncio.sleep(min(0.05, max(0.002, 1.0 / top)))
+            now = loop.time()
+            elapsed, last = now - last, now
+            if self._silent:
+                continue
+            for topic, subs in list(self._subscribers.items()):
+                if not subs:
+                    continue
+                rate = self._rates.get(topic, self._rate)
+                credit = self._credit.get(topic, 0.0) + rate * elapsed
+                count = int(credit)
+                self._credit[topic] = min(credit - count, 1.0)
+                if count:
+                    self._emit(topic, count)
+
+    def _emit(self, topic: str, count: int) -> None:
+        subs = list(self._subscribers.get(topic, ()))
+        rng = self._rng
+        price = self._prices.get(topic) or 100.0 + rng.random() * 900.0
+        seq = self.last_seq.get(topic, 0)
+        ts = int(time.time() * 1000)
+        for _ in range(count):
+            seq += 1 + self._pending_gaps.pop(topic, 0)
+            price = max(0.01, price * (1.0 + rng.gauss(0.0, 0.0005)))
+            payload = orjson.dumps(
+                {
+                    "topic": topic,
+                    "seq": seq,
+                    "data": {
+                        "px": f"{price:.2f}",
+                        "qty": f"{rng.uniform(0.001, 2.0):.4f}",
+                        "id": seq,
+                        "ts": ts,
+                    },
+                }
+            )
+            for conn in subs:
+                if conn.open:
+                    conn._ws.send(picows.WSMsgType.TEXT, payload)
+                    conn.messages_sent += 1
+                    self.messages_sent[topic] += 1
+        self._prices[topic] = price
+        self.last_seq[topic] = seq
+        self._notify()
+
+    # ================================================================ faults
+
+    def drop_all(self) -> int:
+        """Reset every connection (SO_LINGER 0 + abort: the clients see an RST).
+
+        Returns:
+            The number of connections dropped.
+        """
+        self.faults["drop"] += 1
+        conns = self.connections
+        for conn in conns:
+            conn.drop()
+        return len(conns)
+
+    def close_all(self, code: int = 1000, reason: str = "") -> int:
+        """Send CLOSE with ``code`` to every connection (reset after the close timeout).
+
+        Args:
+            code: the close code.
+            reason: the close reason.
+
+        Returns:
+            The number of connections closed.
+        """
+        self.faults["close"] += 1
+        conns = self.connections
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
+    def maintenance(
+        self, refuse_s: float = 0.0, *, code: int = 1001, reason: str = "maintenance"
+    ) -> int:
+        """Disconnect everyone with CLOSE 1001 and optionally refuse upgrades for a while.
+
+        Args:
+            refuse_s: for this long, upgrades are refused with 503 and a Retry-After.
+            code: the close code.
+            reason: the close reason.
+
+        Returns:
+            The number of connections closed.
+        """
+        self.faults["maintenance"] += 1
+        if refuse_s > 0:
+            self._refuse_until = max(self._refuse_until, time.monotonic() + refuse_s)
+            self._refuse_status = 503
+        conns = self.connections
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
+    def end_maintenance(self) -> None:
+        """Accept upgrades again at once."""
+        self._refuse_until = 0.0
+
+    def silence(self, on: bool = True) -> None:
+        """Go half-open: TCP stays up but nothing is sent (no acks, pongs or stream).
+
+        Holds for current and new connections until turned off. Explicit sends
+        (``send_*``, ``close_all``...) still go out.
+
+        Args:
+            on: True to go silent, False to talk again.
+        """
+        if on:
+            self.faults["silence"] += 1
+        self._silent = on
+
+    def withhold_pongs(self, on: bool = True) -> None:
+        """Stop answering WebSocket PINGs and application pings.
+
+        Args:
+            on: True to withhold, False to answer again.
+        """
+        if on:
+            self.faults["withhold_pongs"] += 1
+        self._withhold_pongs = on
+
+    def delay_pongs(self, seconds: float) -> None:
+        """Answer pings (WebSocket and application) only after ``seconds``.
+
+        Args:
+            seconds: the delay; 0 answers at once.
+        """
+        if seconds > 0:
+            self.faults["delay_pongs"] += 1
+        self._pong_delay_s = max(0.0, seconds)
+
+    def reject_handshakes(
+        self, status: int = 503, retry_after_s: float | None = None, count: int = 1
+    ) -> None:
+        """Refuse the next ``count`` upgrades with HTTP ``status``.
+
+        Args:
+            status: an HTTP status >= 400 (429, 403, 503...).
+            retry_after_s: sent as a ``Retry-After`` header, in whole seconds
+                (rounded up), when not None.
+            count: how many upgrades to refuse.
+        """
+        if status < 400:
+            raise ValueError("status must be an HTTP error status (>= 400)")
+        self.faults["reject_handshake"] += 1
+        self._handshake_rejections.extend([(status, retry_after_s)] * count)
+
+    def slow_handshake(self, seconds: float) -> None:
+        """Hold every new connection for ``seconds`` before reading its upgrade request.
+
+        Args:
+            seconds: the delay; 0 turns it off.
+        """
+        if seconds > 0:
+            self.faults["slow_handshake"] += 1
+        self._handshake_delay_s = max(0.0, seconds)
+
+    def reject_auth(self, on: bool = True) -> None:
+        """Make every login fail (``{"event": "login", "success": false}``).
+
+        Args:
+            on: True to reject, False to check signatures again.
+        """
+        if on:
+            self.faults["reject_auth"] += 1
+        self._reject_auth = on
+
+    def reject_subscribes(self, topics: Iterable[str], on: bool = True) -> None:
+        """Answer subscribes to ``topics`` with an error from now on.
+
+        Args:
+            topics: the topics.
+            on: True to reject them, False to accept them again.
+        """
+        topics = set(topics)
+        if on:
+            self.faults["reject_subscribes"] += 1
+            self.reject_topics |= topics
+        else:
+            self.reject_topics -= topics
+
+    def send_garbage(self, data: bytes = b"\xff\xff\xff\xff\xde\xad\xbe\xef") -> int:
+        """Write raw bytes that are no valid frame (default: reserved opcode 0xF, RSV set).
+
+        Args:
+            data: the bytes.
+
+        Returns:
+            The number of connections written to.
+        """
+        return self._inject("garbage", data)
+
+    def send_invalid_utf8(self) -> int:
+        """Send a TEXT frame whose payload is not UTF-8 (the client should close 1007).
+
+        Returns:
+            The number of connections written to.
+        """
+        return self._inject("invalid_utf8", build_frame(Opcode.TEXT, b'{"x":"\xc3\x28\xff"}'))
+
+    def send_stray_continuation(self) -> int:
+        """Send a CONTINUATION frame with no message to continue (1002 for the client).
+
+        Returns:
+            The number of connections written to.
+        """
+        return self._inject("stray_continuation", build_frame(Opcode.CONTINUATION, b"stray"))
+
+    def send_oversized(self, size: int) -> int:
+        """Send one TEXT frame of ``size`` bytes (valid JSON when ``size`` >= 32).
+
+        Args:
+            size: the payload size.
+
+        Returns:
+            The number of connections written to.
+        """
+        head, tail = b'{"topic":"oversized","pad":"', b'"}'
+        if size >= len(head) + len(tail):
+            payload = head + b"x" * (size - len(head) - len(tail)) + tail
+        else:
+            payload = b"x" * size
+        return self._inject("oversized", build_frame(Opcode.TEXT, payload))
+
+    def send_invalid_json(self) -> int:
+        """Send a TEXT frame that is valid UTF-8 but not JSON.
+
+        Returns:
+            The number of connections written to.
+        """
+        return self._inject("invalid_json", build_frame(Opcode.TEXT, b'{"topic": "trades.'))
+
+    def _inject(self, fault: str, data: bytes) -> int:
+        self.faults[fault] += 1
+        conns = [c for c in self.connections if c.open]
+        for conn in conns:
+            conn.send_raw(data)
+        return len(conns)
+
+    # ================================================================ random faults
+
+    def random_faults(
+        self,
+        rng: random.Random,
+        interval_s: float,
+        faults: Sequence[str] = RECOVERABLE_FAULTS,
+    ) -> asyncio.Task[None]:
+        """Start a task injecting one fault picked by ``rng`` every ``interval_s``.
+
+        Switch-like faults (silence, withhold_pongs) are turned off again after half
+        the interval; maintenance refuses upgrades for at most half of it. Stop with
+        :meth:`stop_random_faults` (``__aexit__`` stops it too).
+
+        Args:
+            rng: picks the faults (seed it for a reproducible soak).
+            interval_s: the time between faults.
+            faults: names from :data:`ALL_FAULTS` to pick among.
+
+        Returns:
+            The task (owned by the simulator; do not await it directly).
+        """
+        unknown = set(faults) - set(ALL_FAULTS)
+        if unknown or not faults:
+            raise ValueError(f"unknown or no faults: {sorted(unknown)}")
+        if self._fault_task is not None and not self._fault_task.done():
+            raise RuntimeError("random faults already running")
+        self._fault_task = asyncio.create_task(
+            self._random_fault_loop(rng, interval_s, tuple(faults)), name="simulator-faults"
+        )
+        return self._fault_task
+
+    async def stop_random_faults(self) -> None:
+        """Stop the :meth:`random_faults` task and wait for it."""
+        task, self._fault_task = self._fault_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _random_fault_loop(
+        self, rng: random.Random, interval_s: float, faults: tuple[str, ...]
+    ) -> None:
+        half = interval_s / 2
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                fault = rng.choice(faults)
+                _LOG.info("random fault: %s", fault)
+                if fault == "drop":
+                    self.drop_all()
+                elif fault == "close":
+                    self.close_all(rng.choice((1000, 1001, 1011, 1012, 1013)), "random fault")
+                elif fault == "maintenance":
+                    self.maintenance(refuse_s=min(half, 1.0))
+                elif fault == "reject_handshake":
+                    status = rng.choice((429, 503, 503))
+                    self.reject_handshakes(status, retry_after_s=1 if status == 429 else None)
+                    self.drop_all()
+                elif fault in ("silence", "withhold_pongs"):
+                    switch = self.silence if fault == "silence" else self.withhold_pongs
+                    switch(True)
+                    try:
+                        await asyncio.sleep(half)
+                    finally:
+                        switch(False)
+                elif fault == "garbage":
+                    self.send_garbage()
+                elif fault == "invalid_utf8":
+                    self.send_invalid_utf8()
+                elif fault == "stray_continuation":
+                    self.send_stray_continuation()
+                elif fault == "invalid_json":
+                    self.send_invalid_json()
+                elif fault == "sequence_gap" and self._subscribers:
+                    self.sequence_gap(rng.choice(sorted(self._subscribers)), rng.randint(1, 5))
+        finally:
+            self._silent = False
+            self._withhold_pongs = False
+
+    # ================================================================ accept / upgrade
+
+    def _accept(self) -> asyncio.Protocol:
+        self.tcp_accepted += 1
+        self._raw_transports = {t for t in self._raw_transports if not t.is_closing()}
+        return _Gate(self, self._handshake_delay_s)
+
+    def _new_ws_protocol(self) -> asyncio.BufferedProtocol:
+        # What picows.ws_create_server builds per connection (picows is pinned), built
+        # here so an accepted socket can be held back before the upgrade.
+        protocol: asyncio.BufferedProtocol = WSProtocol(
+            None,  # host+port
+            None,  # ws_path
+            False,  # is_client_side
+            self._upgrade,
+            _PICOWS_LOG,
+            True,  # disconnect_on_exception
+            5.0,  # websocket_handshake_timeout
+            False,  # enable_auto_ping
+            20.0,
+            20.0,
+            picows.WSAutoPingStrategy.PING_WHEN_IDLE,
+            False,  # enable_auto_pong: pongs are the simulator's to give or withhold
+            self._max_frame_size,
+            None,  # extra_headers
+            16 * 1024,  # read_buffer_init_size
+        )
+        return protocol
+
+    def _upgrade(self, request: picows.WSUpgradeRequest) -> Any:
+        status: int | None = None
+        retry_after: float | None = None
+        remaining = self._refuse_until - time.monotonic()
+        if self._closing:
+            status = 503
+        elif remaining > 0:
+            status, retry_after = self._refuse_status, remaining
+        elif self._handshake_rejections:
+            status, retry_after = self._handshake_rejections.popleft()
+        if status is not None:
+            self.handshakes_rejected += 1
+            self.handshake_statuses.append(status)
+            headers = {}
+            if retry_after is not None:
+                headers["Retry-After"] = str(max(0, math.ceil(retry_after)))
+            response = picows.WSUpgradeResponse.create_error_response(
+                status, f"{status} refused by simulator".encode(), headers
+            )
+            return picows.WSUpgradeResponseWithListener(response, None)
+        self._next_id += 1
+        conn = SimConnection(self, self._next_id, request)
+        return _Listener(self, conn)
+
+    def _on_connected(self, conn: SimConnection) -> None:
+        self.connections_accepted += 1
+        self._conns[conn.id] = conn
+        self._notify()
+
+    def _on_disconnected(self, conn: SimConnection) -> None:
+        conn._cancel_timers()
+        self._conns.pop(conn.id, None)
+        for topic in conn.topics:
+            subs = self._subscribers.get(topic)
+            if subs is not None:
+                subs.discard(conn)
+        conn.disconnected.set()
+        self._notify()
+
+    # ================================================================ inbound
+
+    def _reply(self, conn: SimConnection, message: Any) -> None:
+        if not self._silent:
+            conn.send_json(message)
+
+    def _pong(self, conn: SimConnection, send: Callable[[], None]) -> None:
+        if self._silent or self._withhold_pongs:
+            self.pongs_withheld += 1
+            return
+
+        def go() -> None:
+            if conn.open and not self._silent and not self._withhold_pongs:
+                send()
+                self.pongs_sent += 1
+
+        if self._pong_delay_s > 0:
+            conn._later(self._pong_delay_s, go)
+        else:
+            go()
+
+    def _on_frame(self, conn: SimConnection, frame: picows.WSFrame) -> None:
+        msg_type = frame.msg_type
+        ws = conn._ws
+        if msg_type == picows.WSMsgType.PING:
+            payload = frame.get_payload_as_bytes()
+            self.pings_received += 1
+            conn.pings_received += 1
+            self._pong(conn, lambda: ws.send_pong(payload))
+            return
+        if msg_type == picows.WSMsgType.PONG:
+            return
+        if msg_type == picows.WSMsgType.CLOSE:
+            raw = frame.get_payload_as_bytes()
+            code = int.from_bytes(raw[:2], "big") if len(raw) >= 2 else 1005
+            conn.close_code_received = code
+            self.close_codes_received.append(code)
+            if self._silent and not ws.is_close_frame_sent:
+                return  # half-open: never answer
+            if not ws.is_close_frame_sent:
+                ws.send_close(picows.WSCloseCode(1000 if code == 1005 else code))
+            ws.disconnect(True)
+            return
+        if msg_type == picows.WSMsgType.CONTINUATION:
+            if conn._fragments is None:
+                return
+            conn._fragments += frame.get_payload_as_bytes()
+            if not frame.fin:
+                return
+            data = bytes(conn._fragments)
+            conn._fragments = None
+        elif not frame.fin:
+            conn._fragments = bytearray(frame.get_payload_as_bytes())
+            return
+        else:
+            data = frame.get_payload_as_bytes()
+        conn.messages_received += 1
+        self._on_message(conn, data)
+
+    def _on_message(self, conn: SimConnection, data: bytes) -> None:
+        if data == b"ping":
+            self.pings_received += 1
+            conn.pings_received += 1
+            self._pong(conn, lambda: conn.send_text(b"pong"))
+            return
+        try:
+            request = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._reply(conn, {"event": "error", "msg": "invalid JSON"})
+            return
+        op = request.get("op") if isinstance(request, dict) else None
+        args = request.get("args") if isinstance(request, dict) else None
+        if op == "ping":
+            self.pings_received += 1
+            conn.pings_received += 1
+            self._pong(conn, lambda: conn.send_json({"event": "pong"}))
+        elif op == "login":
+            self._login(conn, args)
+        elif op in ("subscribe", "unsubscribe"):
+            if not isinstance(args, list) or not all(isinstance(t, str) for t in args):
+                self._reply(conn, {"event": "error", "msg": "args must be a list of topics"})
+            elif op == "subscribe":
+                self._subscribe(conn, args)
+            else:
+                self._unsubscribe(conn, args)
+        else:
+            self._reply(conn, {"event": "error", "msg": f"unknown op: {op!r}"})
+
+    def _login(self, conn: SimConnection, args: Any) -> None:
+        ok, detail = True, ""
+        if self._reject_auth:
+            ok, detail = False, "login rejected"
+        elif self.api_key is not None and self.api_secret is not None:
+            if not isinstance(args, dict) or not isinstance(args.get("ts"), int):
+                ok, detail = False, "malformed login"
+            elif args.get("key") != self.api_key:
+                ok, detail = False, "invalid key"
+            else:
+                expected = login_signature(self.api_secret, args["ts"])
+                if not hmac.compare_digest(str(args.get("sig", "")), expected):
+                    ok, detail = False, "invalid signature"
+        if ok:
+            self.logins_ok += 1
+            conn.logged_in = True
+            self._reply(conn, {"event": "login", "success": True})
+        else:
+            self.logins_failed += 1
+            self._reply(conn, {"event": "login", "success": False, "msg": detail})
+        self._notify()
+
+    def _subscribe(self, conn: SimConnection, topics: list[str]) -> None:
+        auth_on = self.api_key is not None
+        if auth_on and conn.login_before_subscribe is None:
+            conn.login_before_subscribe = conn.logged_in
+            if not conn.logged_in:
+                self.subscribe_before_login += 1
+        for topic in topics:
+            if auth_on and not conn.logged_in:
+                self._reply(conn, {"event": "error", "topic": topic, "msg": "login required"})
+            elif topic in self.reject_topics or (
+                self.topic_allowed is not None and not self.topic_allowed(topic)
+            ):
+                self._reply(conn, {"event": "error", "topic": topic, "msg": "unknown topic"})
+            else:
+                if topic in conn.topics:
+                    self.duplicate_subscribes += 1
+                conn.topics.add(topic)
+                self._subscribers.setdefault(topic, set()).add(conn)
+                self._reply(conn, {"event": "subscribed", "topic": topic})
+        self._notify()
+
+    def _unsubscribe(self, conn: SimConnection, topics: list[str]) -> None:
+        for topic in topics:
+            conn.topics.discard(topic)
+            subs = self._subscribers.get(topic)
+            if subs is not None:
+                subs.discard(conn)
+            self._reply(conn, {"event": "unsubscribed", "topic": topic})
+        self._notify()
+
+
+# ==================================================================== CLI
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    sim = ExchangeSimulator(
+        port=args.port,
+        rate_per_s=args.rate,
+        api_key=args.api_key,
+        api_secret=args.api_secret,
+        reject_topics=args.reject_topic,
+        seed=args.seed,
+    )
+    async with sim:
+        print(sim.url, flush=True)
+        if args.faults > 0:
+            sim.random_faults(random.Random(args.seed), args.faults)
+        await asyncio.Event().wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run a simulator until Ctrl-C; print its URL first.
+
+    Args:
+        argv: the command line (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m defi_ws.testing.simulator",
+        description="A local WebSocket venue speaking defi-ws' generic JSON protocol.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
+    parser.add_argument("--rate", type=float, default=10.0, help="messages/s per topic")
+    parser.add_argument("--api-key", default=None, help="require login with this key")
+    parser.add_argument("--api-secret", default=None, help="the secret for --api-key")
+    parser.add_argument(
+        "--reject-topic", action="append", default=[], help="a topic to refuse (repeatable)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--faults", type=float, default=0.0, help="inject a random fault every N seconds"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    args = parser.parse_args(argv)
+    if (args.api_key is None) != (args.api_secret is None):
+        parser.error("--api-key and --api-secret go together")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
