@@ -53,6 +53,7 @@ from defi_ws.outbound import Outbound
 from defi_ws.pacing import Pacer, TokenBucket, Unlimited
 from defi_ws.reasons import Classifier, Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, ReconnectStrategy
+from defi_ws.sequence import Gap, SequenceTracker
 from defi_ws.subscriptions import ACK_TIMEOUT_DETAIL, SubscriptionSet
 from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
@@ -75,6 +76,8 @@ _CLOSE_CODES = {
     DisconnectReason.PROTOCOL_ERROR: 1002,
 }
 _GOING_AWAY = 1001
+#: Local disconnects whose peer is presumed dead: CLOSE is sent, then the socket aborted.
+_DEAD_PEER = frozenset({DisconnectReason.PING_TIMEOUT, DisconnectReason.STALE})
 
 
 class ErrorPolicy(enum.IntEnum):
@@ -162,6 +165,9 @@ class FeedClient:
         on_gave_up: called with the fatal :class:`Disconnect` that ended the feed.
         on_subscription_rejected: called with ``(topic, detail)``; the topic is
             dropped from the desired set.
+        on_gap: called with each :class:`~defi_ws.sequence.Gap` in a topic's
+            sequence numbers (needs ``handler.sequence_of``), reconnects included.
+        on_state_change: called with ``(old, new)`` on every lifecycle transition.
         clock: monotonic seconds (tests pass a manual clock).
         name: a label for logs.
     """
@@ -196,6 +202,8 @@ class FeedClient:
         on_reconnected: Callable[[], object] | None = None,
         on_gave_up: Callable[[Disconnect], object] | None = None,
         on_subscription_rejected: Callable[[str, str], object] | None = None,
+        on_gap: Callable[[Gap], object] | None = None,
+        on_state_change: Callable[[State, State], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "feed",
     ) -> None:
@@ -251,6 +259,8 @@ class FeedClient:
         self._on_reconnected = on_reconnected
         self._on_gave_up = on_gave_up
         self._on_rejected = on_subscription_rejected
+        self._on_gap = on_gap
+        self._on_state_change = on_state_change
         self._clock = clock
 
         self._heartbeat = heartbeat or WsPing()
@@ -259,6 +269,12 @@ class FeedClient:
         self._rules = tuple(health_rules)
         self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
         self._topic_counts: dict[str, int] = {}
+        self._errors_at_open = 0
+        self._sequence_of: Callable[[Any], tuple[str, int] | None] | None = getattr(
+            handler, "sequence_of", None
+        )
+        #: Per-topic sequence numbers (used when the handler has ``sequence_of``).
+        self.sequences = SequenceTracker()
         if topic_stale_after_s and self._topic_of is None:
             raise ConfigError(["topic_stale_after_s needs a handler with topic_of(message)"])
         self._outbound = Outbound()
@@ -475,6 +491,7 @@ class FeedClient:
         after = self._lc.state
         if after is not before:
             log.info("%s: %s -> %s", self.name, before.name, after.name)
+            self._notify(self._on_state_change, before, after)
         return actions
 
     def _notify(self, callback: Callable[..., object] | None, *args: Any) -> None:
@@ -626,7 +643,11 @@ class FeedClient:
         self._step(self._lc.opened(now), State.CONNECTING)
         self._ping.reset(now)
         self._rtt_connection = RttHistogram()
+        self._errors_at_open = self.health.handler_errors
+        for rule in self._rules:
+            rule.reset(now)
         self._topic_counts.clear()
+        self.sequences.new_connection()
         self.handler.on_connection()
         self._subs.reset_connection()
         auth = list(self.handler.auth_messages())
@@ -636,6 +657,7 @@ class FeedClient:
         else:
             self._step(self._lc.authenticated(now), State.AUTHENTICATING)
         close_deadline: float | None = None
+        aborted = False
         while True:
             now = self._clock()
             if conn.closed:
@@ -644,15 +666,18 @@ class FeedClient:
                 before = self._lc.state
                 for action in self._step(self._lc.stop(now), before):
                     if isinstance(action, CloseConnection):
-                        self._local_disconnect = action.disconnect
+                        # a close already under way keeps its own reason
+                        self._local_disconnect = self._local_disconnect or action.disconnect
             if self._local_disconnect is not None:
                 if close_deadline is None:
-                    close_deadline = now + self._close_timeout_s
+                    # A dead peer will not answer the closing handshake: don't wait.
+                    dead = self._local_disconnect.reason in _DEAD_PEER
+                    close_deadline = now + (0.0 if dead else self._close_timeout_s)
                     code = _CLOSE_CODES.get(self._local_disconnect.reason, _GOING_AWAY)
                     conn.close(code, self._local_disconnect.reason.label)
-                elif now >= close_deadline:
-                    conn.abort()
-                    continue
+                elif now >= close_deadline and not aborted:
+                    conn.abort()  # the transport reports the loss on a later loop turn
+                    aborted = True
             else:
                 self._watchdog(conn, now)
                 if self._local_disconnect is None:
@@ -660,7 +685,7 @@ class FeedClient:
             delay_s = self._drain(now) if self._local_disconnect is None else None
             timeout_s = self._tick_s
             closing = self._local_disconnect is not None
-            deadlines = (close_deadline,) if closing else (
+            deadlines = (None if aborted else close_deadline,) if closing else (
                 self._subs.next_deadline(), self._ping.next_deadline())
             for deadline in deadlines:
                 if deadline is not None:
@@ -724,20 +749,42 @@ class FeedClient:
         self._lc.tick(now)
 
     def _data_callback(self) -> Callable[[Any], object]:
-        """The data callback for the hot path: the handler's, counting topics if asked."""
+        """The data callback for the hot path: the handler's own unless topics are counted
+        (per-topic stale clocks) or sequences are checked (gap detection)."""
         on_message = self.handler.on_message
-        topic_of = self._topic_of
-        if topic_of is None or not self._stale.topic_allowance_s:
+        topic_of = self._topic_of if self._stale.topic_allowance_s else None
+        sequence_of = self._sequence_of
+        if topic_of is None and sequence_of is None:
             return on_message
         counts = self._topic_counts
+        tracker = self.sequences
 
-        def counted(message: Any) -> None:
-            topic = topic_of(message)
-            if topic is not None:
-                counts[topic] = counts.get(topic, 0) + 1
+        def tracked(message: Any) -> None:
+            if topic_of is not None:
+                topic = topic_of(message)
+                if topic is not None:
+                    counts[topic] = counts.get(topic, 0) + 1
+            if sequence_of is not None:
+                numbered = sequence_of(message)
+                if numbered is not None:
+                    gap = tracker.observe(numbered[0], numbered[1])
+                    if gap is not None:
+                        self._gap(gap)
             on_message(message)
 
-        return counted
+        return tracked
+
+    def _gap(self, gap: Gap) -> None:
+        self.health.gaps += 1
+        self.health.errors.append(
+            (now_ns(), "gap", f"{gap.topic}: missing {gap.first_missing}..{gap.last_missing}")
+        )
+        log.warning(
+            "%s: sequence gap on %r: %d message(s) missing (%d..%d)%s", self.name, gap.topic,
+            gap.size, gap.first_missing, gap.last_missing,
+            " across a reconnect" if gap.across_reconnect else "",
+        )
+        self._notify(self._on_gap, gap)
 
     def _on_pong(self, recv_ns: int) -> None:
         rtt_ns = self._ping.answered(recv_ns)
@@ -774,7 +821,8 @@ class FeedClient:
             self._local_disconnect = Disconnect(DisconnectReason.STALE, detail=stale)
             return
         for rule in self._rules:
-            verdict = rule.check(now, self._rtt_connection, self.health.handler_errors)
+            errors = self.health.handler_errors - self._errors_at_open
+            verdict = rule.check(now, self._rtt_connection, errors)
             if verdict is not None:
                 self._local_disconnect = Disconnect(DisconnectReason.HEALTH_POLICY, detail=verdict)
                 return

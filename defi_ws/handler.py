@@ -121,6 +121,8 @@ class JsonHandler:
         on_data: called with each data message (default: :meth:`on_message` does
             nothing; subclasses override it instead).
         max_topics_per_message: most topics per subscribe message.
+        sequence_field: the field holding a per-topic sequence number (e.g.
+            ``"seq"``); when set, gaps are detected and reported (``on_gap``).
     """
 
     decode: Callable[[memoryview], Any] | None = staticmethod(orjson.loads)
@@ -132,10 +134,30 @@ class JsonHandler:
         *,
         on_data: Callable[[Any], object] | None = None,
         max_topics_per_message: int = 50,
+        sequence_field: str | None = None,
     ) -> None:
         self._url = url
         self._on_data = on_data
         self.max_topics_per_message = max_topics_per_message
+        self._sequence_field = sequence_field
+        #: ``(topic, seq)`` of a data message; None when sequences are not tracked.
+        self.sequence_of: Callable[[Any], tuple[str, int] | None] | None = (
+            self._read_sequence if sequence_field is not None else None
+        )
+
+    def topic_of(self, message: Any) -> str | None:
+        """The topic of a data message (its ``"topic"`` field)."""
+        topic = message.get("topic") if isinstance(message, dict) else None
+        return topic if isinstance(topic, str) else None
+
+    def _read_sequence(self, message: Any) -> tuple[str, int] | None:
+        if not isinstance(message, dict):
+            return None
+        topic = message.get("topic")
+        seq = message.get(self._sequence_field)
+        if isinstance(topic, str) and isinstance(seq, int):
+            return (topic, seq)
+        return None
 
     def url(self, attempt: int) -> str:
         """Return the configured URL."""

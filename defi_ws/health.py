@@ -190,13 +190,16 @@ class StaleClock:
 class HealthRule(Protocol):
     """A health policy rule, checked on each watchdog tick."""
 
+    def reset(self, now: float) -> None:
+        """A new connection started at ``now``."""
+
     def check(self, now: float, rtt: RttHistogram, errors: int) -> str | None:
         """Return why the connection must be dropped (reason HEALTH_POLICY), or None.
 
         Args:
             now: the watchdog time.
             rtt: the current connection's RTT histogram.
-            errors: handler errors counted so far (monotonic).
+            errors: handler errors on the current connection so far.
         """
 
 
@@ -215,6 +218,9 @@ class RttRule:
             problems.append("min_samples must be >= 1")
         if problems:
             raise ConfigError(problems)
+
+    def reset(self, now: float) -> None:
+        """Nothing to reset: the supervisor hands in a fresh histogram per connection."""
 
     def check(self, now: float, rtt: RttHistogram, errors: int) -> str | None:
         if rtt.count < self.min_samples:
@@ -240,7 +246,14 @@ class ErrorRateRule:
         self.window_s = window_s
         self._samples: deque[tuple[float, int]] = deque()
 
+    def reset(self, now: float) -> None:
+        """A new connection: its error count starts at 0 at ``now``."""
+        self._samples.clear()
+        self._samples.append((now, 0))
+
     def check(self, now: float, rtt: RttHistogram, errors: int) -> str | None:
+        if not self._samples:
+            self._samples.append((now, 0))
         self._samples.append((now, errors))
         while self._samples and now - self._samples[0][0] > self.window_s:
             self._samples.popleft()
@@ -275,6 +288,7 @@ class Health:
         self.handler_errors = 0
         self.unknown_acks = 0
         self.pings_sent = 0
+        self.gaps = 0
         self.connected_at: float | None = None
         self.last_disconnect: str | None = None
         self._totals = dict.fromkeys(self._COUNTERS, 0)
@@ -323,6 +337,7 @@ class Health:
             handler_errors=self.handler_errors,
             unknown_acks=self.unknown_acks,
             pings_sent=self.pings_sent,
+            gaps=self.gaps,
             rtt=self.rtt.summary_ms(),
             recent_errors=[
                 {"ts_ns": ts, "kind": kind, "message": message}

@@ -339,8 +339,11 @@ class MemoryConnection:
         self._responder = responder
         self.sent: list[Frame] = []
         self.writes = 0
-        #: Answer PINGs with PONGs (turn off to simulate a dead peer).
+        #: Answer PINGs with PONGs (turn off to simulate a dead peer) after a delay.
         self.auto_pong = True
+        self.pong_delay_s = 0.0
+        #: Answer the client's CLOSE (turn off to simulate a peer that never does).
+        self.auto_close_reply = True
         self._closed = False
         self._close_sent = False
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -354,6 +357,13 @@ class MemoryConnection:
         self._close_sent = True
         raw = reason.encode() if isinstance(reason, str) else bytes(reason)
         self.sent.append(Frame(Opcode.CLOSE, code.to_bytes(2, "big") + raw))
+        if self.auto_close_reply:  # like a live server: echo the CLOSE, then hang up
+            asyncio.get_running_loop().call_soon(self._close_reply, code)
+
+    def _close_reply(self, code: int) -> None:
+        if not self._closed:
+            self.listener.feed(Opcode.CLOSE, code.to_bytes(2, "big"), True, 0)
+            self.disconnect()
 
     def send_pong(self, payload: bytes = b"") -> None:
         if not (self._closed or self._close_sent):
@@ -405,7 +415,8 @@ class MemoryConnection:
         if not (self._closed or self._close_sent):
             self.sent.append(Frame(Opcode.PING, bytes(payload)))
             if self.auto_pong:  # like a live server: answer soon
-                asyncio.get_running_loop().call_soon(self._pong, bytes(payload))
+                asyncio.get_running_loop().call_later(
+                    self.pong_delay_s, self._pong, bytes(payload))
 
     def _pong(self, payload: bytes) -> None:
         if not self._closed:

@@ -29,6 +29,7 @@ class ServerPeer(picows.WSListener):  # type: ignore[misc]
         self.received: list[tuple[int, bool, bytes]] = []
         self.got_frame = asyncio.Event()
         self.disconnected = asyncio.Event()
+        self.answer_close = True
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self.transport = transport
@@ -36,6 +37,10 @@ class ServerPeer(picows.WSListener):  # type: ignore[misc]
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         self.received.append((int(frame.msg_type), bool(frame.fin), frame.get_payload_as_bytes()))
         self.got_frame.set()
+        if frame.msg_type == picows.WSMsgType.CLOSE and self.answer_close:
+            # like a real server: echo the CLOSE, then hang up
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
 
     def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
         self.disconnected.set()

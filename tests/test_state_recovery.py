@@ -119,3 +119,90 @@ def test_subscriptions_survive_random_disconnects(
     initial: list[str], plan: list[tuple[str, Any]], auth: bool
 ) -> None:
     run_virtual(scenario(initial, plan, auth))
+
+
+# ------------------------------------------------- end to end, real local venue
+
+
+async def scenario_over_loopback(
+    initial: list[str], plan: list[tuple[str, Any]], auth: bool
+) -> None:
+    """The same plan against ExchangeSimulator over real sockets.
+
+    Disconnects strike exactly on entering a stage (from ``on_state_change``), since
+    a real venue answers too fast to catch the client mid-stage by polling.
+    """
+    from defi_ws.testing import ExchangeSimulator, login_message
+
+    class LoginHandler(JsonHandler):
+        def auth_messages(self) -> list[Any]:
+            return [login_message("key", "secret")]
+
+    strike: dict[State, str] = {}
+    violations: list[str] = []
+    async with ExchangeSimulator(
+        api_key="key" if auth else None, api_secret="secret" if auth else None
+    ) as sim:
+        client: FeedClient
+
+        def on_state_change(old: State, new: State) -> None:
+            action = strike.pop(new, None)
+            if action == "drop":
+                sim.drop_all()
+            elif action == "close":
+                sim.close_all(1001, "going away")
+            if new is State.LIVE and set(client.confirmed_topics) != set(client.desired_topics):
+                violations.append(f"LIVE with {client.confirmed_topics}")
+
+        handler = LoginHandler(sim.url) if auth else JsonHandler(sim.url)
+        client = FeedClient(handler, topics=initial, reconnect=FixedDelay(0.02),
+                            on_state_change=on_state_change, connect_timeout_s=2.0)
+        async with client:
+            await client.wait_live(10)
+            for action, arg in plan:
+                if action in ("drop", "close"):
+                    stage: State = arg
+                    if stage is State.CONNECTING:
+                        sim.reject_handshakes(503, count=1)
+                        sim.drop_all()
+                    elif stage is State.BACKOFF:
+                        sim.drop_all()
+                    else:
+                        strike[stage] = action
+                        sim.drop_all()
+                    await asyncio.sleep(0.05)
+                    await client.wait_live(10)
+                    strike.clear()
+                elif action == "sub":
+                    client.subscribe(arg)
+                elif action == "unsub":
+                    client.unsubscribe(arg)
+                else:
+                    strike[State.BACKOFF] = "noop"
+                    sim.drop_all()
+                    async with asyncio.timeout(10):
+                        while client.state is not State.BACKOFF:
+                            await asyncio.sleep(0.001)
+                    (client.subscribe if action == "sub_offline" else client.unsubscribe)(arg)
+                    await client.wait_live(10)
+            await client.wait_live(10)
+            async with asyncio.timeout(10):  # late acks and unsubscribes settle
+                while {t for c in sim.connections if c.open for t in c.topics} != set(
+                    client.desired_topics
+                ) or set(client.confirmed_topics) != set(client.desired_topics):
+                    await asyncio.sleep(0.01)
+        assert violations == []
+        assert sim.duplicate_subscribes == 0
+        assert sim.subscribe_before_login == 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(initial=st.lists(st.sampled_from(TOPICS), unique=True, max_size=4), plan=steps,
+       auth=st.booleans(), use_uvloop=st.booleans())
+def test_subscriptions_survive_random_disconnects_over_loopback(
+    initial: list[str], plan: list[tuple[str, Any]], auth: bool, use_uvloop: bool
+) -> None:
+    import uvloop
+
+    runner = uvloop.run if use_uvloop else asyncio.run
+    runner(scenario_over_loopback(initial, plan, auth))

@@ -1,0 +1,82 @@
+"""Sequence-gap detection: a jump in a topic's sequence numbers is never silent.
+
+A handler that can read a per-topic sequence number from a message defines
+``sequence_of(message) -> (topic, seq) | None``; the supervisor then feeds every data
+message through a :class:`SequenceTracker`. The tracker keeps the last number per topic
+across reconnects, so messages missed while disconnected are reported too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Gap", "SequenceTracker"]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages of ``topic`` numbered ``first_missing..last_missing`` never arrived.
+
+    Attributes:
+        topic: the topic with the gap.
+        first_missing: the first missing sequence number.
+        last_missing: the last missing sequence number (inclusive).
+        across_reconnect: the gap spans a reconnect (found on the first message
+            of the topic on a new connection).
+    """
+
+    topic: str
+    first_missing: int
+    last_missing: int
+    across_reconnect: bool = False
+
+    @property
+    def size(self) -> int:
+        """How many messages are missing."""
+        return self.last_missing - self.first_missing + 1
+
+
+class SequenceTracker:
+    """Per-topic sequence bookkeeping (sans-I/O).
+
+    Attributes:
+        gaps: gaps found so far.
+        missing: messages missing in total.
+        duplicates: messages whose number was not above the last one seen.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._seen_this_connection: set[str] = set()
+        self.gaps = 0
+        self.missing = 0
+        self.duplicates = 0
+
+    def new_connection(self) -> None:
+        """A new connection started: the next number per topic may jump over the outage."""
+        self._seen_this_connection.clear()
+
+    def forget(self, topic: str) -> None:
+        """Stop tracking ``topic`` (after an unsubscribe)."""
+        self._last.pop(topic, None)
+
+    def last(self, topic: str) -> int | None:
+        """The last sequence number seen for ``topic``."""
+        return self._last.get(topic)
+
+    def observe(self, topic: str, seq: int) -> Gap | None:
+        """Record message ``seq`` of ``topic``; return the gap it reveals, if any."""
+        first_here = topic not in self._seen_this_connection
+        if first_here:
+            self._seen_this_connection.add(topic)
+        last = self._last.get(topic)
+        if last is not None and seq <= last:
+            self.duplicates += 1
+            return None
+        self._last[topic] = seq
+        if last is None or seq == last + 1:
+            return None
+        gap = Gap(topic, last + 1, seq - 1, across_reconnect=first_here)
+        self.gaps += 1
+        self.missing += gap.size
+        return gap
