@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench annotate clean lint typecheck conformance soak
+.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all
 
 all: build
 
@@ -21,8 +21,11 @@ $(STAMP): $(PY) pyproject.toml setup.py defi_ws/_core.pyx
 
 build: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint typecheck stubtest
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+conformance: $(STAMP)
+	$(PY) -m pytest tests/conformance -q -s
 
 demo: $(STAMP)
 	$(PY) -m defi_ws demo
@@ -30,7 +33,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# Ten minutes of random venue faults against one client (tests/test_soak.py).
+soak: $(STAMP)
+	DEFI_WS_SOAK_S=600 $(PY) -m pytest tests/test_soak.py -q
+
 annotate: $(STAMP)
+	mkdir -p build
 	$(VENV)/bin/cython -3 -a defi_ws/_core.pyx -o build/_core_annotate.c
 	@echo "annotated HTML: build/_core_annotate.html"
 
@@ -39,6 +47,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict defi_ws
+
+# The .pyi of the compiled module must match what Cython built.
+stubtest: $(STAMP)
+	$(PY) -m mypy.stubtest defi_ws._core --allowlist stubtest-allowlist.txt
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info defi_ws/_core.c defi_ws/_core.html \

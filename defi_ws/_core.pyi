@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import picows
+from typing_extensions import disjoint_base
 
 STAGE_DECODE: str
 STAGE_CALLBACK: str
@@ -17,12 +18,14 @@ def now_ns() -> int: ...
 def is_valid_utf8(data: bytes | bytearray | memoryview) -> bool: ...
 def buffer_address(data: bytes | bytearray | memoryview) -> int: ...
 
+@disjoint_base
 class FrameEncoder:
     def __init__(self) -> None: ...
     def encode(
         self, payloads: Sequence[bytes | bytearray | memoryview | str], binary: bool = False
     ) -> bytearray: ...
 
+@disjoint_base
 class FeedListener(picows.WSListener):
     frames: int
     messages: int

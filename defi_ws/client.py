@@ -27,7 +27,7 @@ from typing import Any
 
 import picows
 
-from defi_ws._core import ERROR_POLICY_CONTINUE, ERROR_POLICY_DISCONNECT, FeedListener
+from defi_ws._core import ERROR_POLICY_CONTINUE, ERROR_POLICY_DISCONNECT, FeedListener, now_ns
 from defi_ws.errors import (
     ConfigError,
     ConnectError,
@@ -36,7 +36,6 @@ from defi_ws.errors import (
     NotConnectedError,
     SendQueueFull,
 )
-from defi_ws._core import now_ns
 from defi_ws.handler import Ack, AuthReply, ExchangeHandler, chunked
 from defi_ws.health import Health, HealthRule, RttHistogram, StaleClock
 from defi_ws.heartbeat import HeartbeatKind, HeartbeatStrategy, PingClock, WsPing
@@ -57,8 +56,8 @@ from defi_ws.sequence import Gap, SequenceTracker
 from defi_ws.subscriptions import ACK_TIMEOUT_DETAIL, SubscriptionSet
 from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
-    ConnectOptions,
     Connection,
+    ConnectOptions,
     PicowsTransport,
     Transport,
     redact_url,
@@ -550,7 +549,9 @@ class FeedClient:
         assert self._signal is not None
         wait = self._pending_wait
         deadline = self._clock() + wait.delay_s
-        log.debug("%s: reconnect in %.3fs after %s", self.name, wait.delay_s, wait.disconnect.describe())
+        log.debug(
+            "%s: reconnect in %.3fs after %s", self.name, wait.delay_s, wait.disconnect.describe()
+        )
         while not self._stop_requested:
             remaining = deadline - self._clock()
             if remaining <= 0:

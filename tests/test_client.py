@@ -255,7 +255,8 @@ def test_send_requires_a_live_connection_and_batches_in_one_write() -> None:
             writes = conn.writes
             client.send_batch([{"op": "order", "i": i} for i in range(20)])
             assert conn.writes == writes + 1
-            assert [m["i"] for m in conn.sent_messages() if m.get("op") == "order"] == list(range(20))
+            orders = [m["i"] for m in conn.sent_messages() if m.get("op") == "order"]
+            assert orders == list(range(20))
 
     run_virtual(main())
 

@@ -57,7 +57,7 @@ class MemoryVenue:
             self.logged_in[key] = True
             replies.append({"event": "login", "success": self.auth_ok, "msg": "bad signature"})
         elif op == "subscribe":
-            if isinstance(conn.listener, object) and self.needs_login and not self.logged_in.get(key):
+            if self.needs_login and not self.logged_in.get(key):
                 self.subscribe_before_login += 1
             for topic in message["args"]:
                 if topic in subs:
