@@ -23,7 +23,6 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.ref cimport Py_REFCNT
 from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -37,7 +36,10 @@ import orjson
 
 
 cdef extern from "Python.h":
+    ctypedef struct PyObject
+    Py_ssize_t refcount_of "Py_REFCNT"(PyObject* op)
     object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
+    Py_buffer* PyMemoryView_GET_BUFFER(object view)
     int PyBUF_READ
 
 
@@ -95,6 +97,7 @@ ERROR_POLICY_DISCONNECT = 1
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 _SHRINK_ABOVE = 1024 * 1024
+DEF MAX_CONTROL_PREFIXES = 8
 _MASK_POOL_SIZE = 4096
 
 
@@ -349,7 +352,11 @@ cdef class FeedListener(WSListener):
     cdef object _on_message
     cdef object _on_control
     cdef tuple _control_prefixes
+    cdef const char* _prefix_ptr[MAX_CONTROL_PREFIXES]
+    cdef Py_ssize_t _prefix_len[MAX_CONTROL_PREFIXES]
+    cdef int _prefix_count
     cdef bint _control_all
+    cdef object _view
     cdef object _events
     cdef readonly object errors
     cdef bytes _app_pong
@@ -383,9 +390,16 @@ cdef class FeedListener(WSListener):
         self._on_control = on_control
         self._control_all = on_control is not None and control_prefixes is None
         self._control_prefixes = tuple(control_prefixes or ())
+        if len(self._control_prefixes) > MAX_CONTROL_PREFIXES:
+            raise ValueError(f"at most {MAX_CONTROL_PREFIXES} control_prefixes")
+        self._prefix_count = 0
         for prefix in self._control_prefixes:
             if not isinstance(prefix, bytes) or not prefix:
                 raise TypeError("control_prefixes must be non-empty bytes")
+            # the tuple keeps each bytes alive, so the pointers stay valid
+            self._prefix_ptr[self._prefix_count] = PyBytes_AS_STRING(prefix)
+            self._prefix_len[self._prefix_count] = PyBytes_GET_SIZE(prefix)
+            self._prefix_count += 1
         self.max_message_size = max_message_size
         self.validate_utf8 = validate_utf8
         self.error_policy = error_policy
@@ -556,10 +570,38 @@ cdef class FeedListener(WSListener):
             self._frag_cap = 0
         return 0
 
+    cdef inline object _borrow_view(self, char* ptr, Py_ssize_t size):
+        """A read-only memoryview of ``ptr[:size]``, reusing one object per listener.
+
+        Re-pointing the view's buffer saves allocating a memoryview per message. A
+        view the user kept is never re-pointed: :meth:`_return_view` released it.
+        """
+        cdef Py_buffer* buf
+        if self._view is None:
+            self._view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
+            return self._view
+        buf = PyMemoryView_GET_BUFFER(self._view)
+        buf.buf = ptr
+        buf.len = size
+        buf.shape[0] = size
+        return self._view
+
+    cdef inline int _return_view(self) except -1:
+        """After the callbacks: a view still referenced elsewhere is released (late
+        access raises ValueError instead of reading reused memory) and replaced."""
+        # Through a raw pointer: reading the attribute as an object would add a ref.
+        if refcount_of(<PyObject*>self._view) > 1:
+            try:
+                self._view.release()
+            except BufferError:
+                pass  # a slice of it is still exported; it will never be re-pointed
+            self._view = None
+        return 0
+
     cdef int _deliver(self, char* ptr, Py_ssize_t size) except -1:
         cdef Py_ssize_t plen
         cdef bint control = False
-        cdef bytes prefix
+        cdef int i
         if self._app_pong is not None:
             plen = PyBytes_GET_SIZE(self._app_pong)
             if (size == plen or (size > plen and not self._app_pong_exact)) and \
@@ -572,12 +614,12 @@ cdef class FeedListener(WSListener):
             if self._control_all:
                 control = True
             else:
-                for prefix in self._control_prefixes:
-                    plen = PyBytes_GET_SIZE(prefix)
-                    if size >= plen and memcmp(ptr, PyBytes_AS_STRING(prefix), plen) == 0:
+                for i in range(self._prefix_count):
+                    plen = self._prefix_len[i]
+                    if size >= plen and memcmp(ptr, self._prefix_ptr[i], plen) == 0:
                         control = True
                         break
-        cdef object view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
+        cdef object view = self._borrow_view(ptr, size)
         cdef object decoded
         try:
             if self._decode is None:
@@ -607,12 +649,8 @@ cdef class FeedListener(WSListener):
             return 0
         finally:
             decoded = None
-            # Refcount 1 is our own reference: nobody kept the view.
-            if Py_REFCNT(view) > 1:
-                try:
-                    view.release()
-                except BufferError:
-                    pass
+            view = None
+            self._return_view()
 
     cdef int _control(self, int opcode, char* ptr, Py_ssize_t size, bint fin) except -1:
         cdef int code
