@@ -1,4 +1,4 @@
-"""A scriptable venue: a real local WebSocket server speaking the generic JSON protocol.
+"""A scriptable venue: a local WebSocket server speaking the generic JSON protocol or a dialect.
 
 :class:`ExchangeSimulator` is a picows server on ``127.0.0.1`` (port chosen free by
 default) that speaks the protocol :class:`~defi_ws.handler.JsonHandler` expects::
@@ -15,6 +15,37 @@ Streams carry one sequence number per topic, global to the simulator: a client t
 reconnects sees its topic's sequence continue, with gaps only where a test injects
 them (:meth:`ExchangeSimulator.sequence_gap`). Messages are only generated for topics
 somebody is subscribed to.
+
+Other venues' protocols are *dialects* (:class:`Dialect`, the ``dialect`` argument);
+the generic protocol above is the default. Every dialect maps its subscriptions to one
+string *topic key* per stream, so rates, sequences, faults and stats are per key:
+
+* ``Dialect.BINANCE`` (key: the stream name, ``"btcusdt@trade"``)::
+
+    -> {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}
+    <- {"result": null, "id": 1}                  (one reply per request)
+    <- {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}
+    <- {"e": "trade", "E": ms, "s": "BTCUSDT", "t": 1, "p": "...", "q": "...", "T": ms,
+        "m": false, "M": true}                    (t: the sequence number)
+
+  Only ``<symbol>@trade`` streams exist; a request naming an unknown stream is refused
+  whole. ``UNSUBSCRIBE`` and ``LIST_SUBSCRIPTIONS`` work too. Heartbeats are WebSocket
+  PING/PONG control frames only (a text ``ping`` is invalid JSON to Binance).
+
+* ``Dialect.OKX`` (key: ``"<channel>:<instId>"``, e.g. ``"trades:BTC-USDT"``)::
+
+    -> {"id": "7", "op": "subscribe", "args": [{"channel": "trades", "instId": "BTC-USDT"}]}
+    <- {"id": "7", "event": "subscribe", "arg": {"channel": "trades",
+        "instId": "BTC-USDT"}, "connId": "..."}      (one per arg; "id" only when sent)
+    <- {"id": "7", "event": "error", "code": "60018", "msg": "Wrong URL or channel:...",
+        "connId": "..."}                           (unknown channel or instrument)
+    <- {"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [{"instId": "BTC-USDT",
+        "tradeId": "1", "px": "...", "sz": "...", "side": "buy", "ts": "ms", ...}]}
+    -> "ping"            <- "pong"
+
+  Only the ``trades`` channel exists. Malformed requests get code ``60012``.
+
+Login (``api_key``) is only part of the generic protocol.
 
 Faults are methods: some act on the current connections (``drop_all``, ``close_all``,
 ``send_garbage``...), others are switches that hold for current and next connections
@@ -37,11 +68,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import hashlib
 import hmac
 import logging
 import math
 import random
+import re
 import socket
 import struct
 import time
@@ -59,6 +92,7 @@ from defi_ws.testing.frames import Opcode, build_frame
 __all__ = [
     "ALL_FAULTS",
     "RECOVERABLE_FAULTS",
+    "Dialect",
     "ExchangeSimulator",
     "SimConnection",
     "login_message",
@@ -86,6 +120,27 @@ RECOVERABLE_FAULTS: tuple[str, ...] = (
 
 #: Every fault name :meth:`ExchangeSimulator.random_faults` understands.
 ALL_FAULTS: tuple[str, ...] = (*RECOVERABLE_FAULTS, "invalid_json", "sequence_gap")
+
+
+class Dialect(enum.Enum):
+    """The wire protocol an :class:`ExchangeSimulator` speaks (see the module docstring)."""
+
+    #: defi-ws' generic JSON protocol (what :class:`~defi_ws.handler.JsonHandler` speaks).
+    GENERIC = "generic"
+    #: Binance spot market streams: ``SUBSCRIBE`` by id, raw ``trade`` events.
+    BINANCE = "binance"
+    #: OKX v5 public channels: per-arg acks, ``trades`` pushes, text ``ping``/``pong``.
+    OKX = "okx"
+
+
+_BINANCE_STREAM = re.compile(r"[a-z0-9]+@trade")
+_OKX_INST_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)+")
+_OKX_CHANNELS = frozenset({"trades"})
+
+
+def _okx_conn_id(conn_id: int) -> str:
+    """A stable 8-hex-digit ``connId`` for a connection number (OKX-like)."""
+    return f"{(conn_id * 0x9E3779B1) & 0xFFFFFFFF:08x}"
 
 
 def login_signature(secret: str, ts_ms: int) -> str:
@@ -350,8 +405,12 @@ class ExchangeSimulator:
         close_timeout_s: how long a CLOSE the simulator sent waits for the client's
             answer before the socket is reset.
         max_frame_size: the largest frame accepted from a client.
+        dialect: the venue protocol to speak (default: the generic one). Topics
+            (``reject_topics``, ``set_rate``, ``burst``, ``sequence_gap``, stats...)
+            are the dialect's topic keys (``"btcusdt@trade"``, ``"trades:BTC-USDT"``).
 
     Attributes:
+        dialect: the venue protocol spoken.
         connections_accepted: WebSocket upgrades completed.
         tcp_accepted: TCP connections accepted (refused upgrades included).
         handshakes_rejected: upgrades refused with an HTTP error status.
@@ -383,9 +442,13 @@ class ExchangeSimulator:
         seed: int | None = 0,
         close_timeout_s: float = 1.0,
         max_frame_size: int = 1024 * 1024,
+        dialect: Dialect = Dialect.GENERIC,
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together")
+        self.dialect = Dialect(dialect)
+        if api_key is not None and self.dialect is not Dialect.GENERIC:
+            raise ValueError("login (api_key) is only supported by the GENERIC dialect")
         if rate_per_s < 0:
             raise ValueError("rate_per_s must be >= 0")
         self._port = port
@@ -697,18 +760,8 @@ class ExchangeSimulator:
         for _ in range(count):
             seq += 1 + self._pending_gaps.pop(topic, 0)
             price = max(0.01, price * (1.0 + rng.gauss(0.0, 0.0005)))
-            payload = orjson.dumps(
-                {
-                    "topic": topic,
-                    "seq": seq,
-                    "data": {
-                        "px": f"{price:.2f}",
-                        "qty": f"{rng.uniform(0.001, 2.0):.4f}",
-                        "id": seq,
-                        "ts": ts,
-                    },
-                }
-            )
+            qty = f"{rng.uniform(0.001, 2.0):.4f}"
+            payload = self._payload(topic, seq, f"{price:.2f}", qty, ts)
             for conn in subs:
                 if conn.open:
                     conn._ws.send(picows.WSMsgType.TEXT, payload)
@@ -717,6 +770,42 @@ class ExchangeSimulator:
         self._prices[topic] = price
         self.last_seq[topic] = seq
         self._notify()
+
+    def _payload(self, topic: str, seq: int, px: str, qty: str, ts: int) -> bytes:
+        """One stream message of ``topic`` in the simulator's dialect."""
+        if self.dialect is Dialect.BINANCE:
+            symbol = topic.partition("@")[0].upper()
+            return orjson.dumps(
+                {
+                    "e": "trade",
+                    "E": ts,
+                    "s": symbol,
+                    "t": seq,
+                    "p": px,
+                    "q": qty,
+                    "T": ts,
+                    "m": self._rng.random() < 0.5,
+                    "M": True,
+                }
+            )
+        if self.dialect is Dialect.OKX:
+            channel, _, inst_id = topic.partition(":")
+            side = "buy" if self._rng.random() < 0.5 else "sell"
+            trade = {
+                "instId": inst_id,
+                "tradeId": str(seq),
+                "px": px,
+                "sz": qty,
+                "side": side,
+                "ts": str(ts),
+                "count": "1",
+                "source": "0",
+                "seqId": seq,
+            }
+            return orjson.dumps({"arg": {"channel": channel, "instId": inst_id}, "data": [trade]})
+        return orjson.dumps(
+            {"topic": topic, "seq": seq, "data": {"px": px, "qty": qty, "id": seq, "ts": ts}}
+        )
 
     # ================================================================ faults
 
@@ -1123,10 +1212,16 @@ class ExchangeSimulator:
         self._on_message(conn, data)
 
     def _on_message(self, conn: SimConnection, data: bytes) -> None:
+        if self.dialect is Dialect.BINANCE:
+            self._binance_message(conn, data)
+            return
         if data == b"ping":
             self.pings_received += 1
             conn.pings_received += 1
             self._pong(conn, lambda: conn.send_text(b"pong"))
+            return
+        if self.dialect is Dialect.OKX:
+            self._okx_message(conn, data)
             return
         try:
             request = orjson.loads(data)
@@ -1182,26 +1277,137 @@ class ExchangeSimulator:
         for topic in topics:
             if auth_on and not conn.logged_in:
                 self._reply(conn, {"event": "error", "topic": topic, "msg": "login required"})
-            elif topic in self.reject_topics or (
-                self.topic_allowed is not None and not self.topic_allowed(topic)
-            ):
+            elif self._refused(topic):
                 self._reply(conn, {"event": "error", "topic": topic, "msg": "unknown topic"})
             else:
-                if topic in conn.topics:
-                    self.duplicate_subscribes += 1
-                conn.topics.add(topic)
-                self._subscribers.setdefault(topic, set()).add(conn)
+                self._add_topic(conn, topic)
                 self._reply(conn, {"event": "subscribed", "topic": topic})
         self._notify()
 
     def _unsubscribe(self, conn: SimConnection, topics: list[str]) -> None:
         for topic in topics:
-            conn.topics.discard(topic)
-            subs = self._subscribers.get(topic)
-            if subs is not None:
-                subs.discard(conn)
+            self._remove_topic(conn, topic)
             self._reply(conn, {"event": "unsubscribed", "topic": topic})
         self._notify()
+
+    def _refused(self, topic: str) -> bool:
+        return topic in self.reject_topics or (
+            self.topic_allowed is not None and not self.topic_allowed(topic)
+        )
+
+    def _add_topic(self, conn: SimConnection, topic: str) -> None:
+        if topic in conn.topics:
+            self.duplicate_subscribes += 1
+        conn.topics.add(topic)
+        self._subscribers.setdefault(topic, set()).add(conn)
+
+    def _remove_topic(self, conn: SimConnection, topic: str) -> None:
+        conn.topics.discard(topic)
+        subs = self._subscribers.get(topic)
+        if subs is not None:
+            subs.discard(conn)
+
+    # ---------------------------------------------------------------- Binance dialect
+
+    def _binance_message(self, conn: SimConnection, data: bytes) -> None:
+        try:
+            request = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            self._binance_error(conn, None, 3, f"Invalid JSON: {exc}")
+            return
+        if not isinstance(request, dict):
+            self._binance_error(conn, None, 2, "Invalid request: expected an object")
+            return
+        req_id = request.get("id")
+        id_ok = (
+            req_id is None
+            or (isinstance(req_id, str) and len(req_id) <= 36)
+            or (isinstance(req_id, int) and not isinstance(req_id, bool) and 0 <= req_id < 2**64)
+        )
+        if not id_ok:
+            self._binance_error(
+                conn, None, 2, "Invalid request: request ID must be an unsigned integer"
+            )
+            return
+        method = request.get("method")
+        params = request.get("params", [])
+        if method == "LIST_SUBSCRIPTIONS":
+            self._reply(conn, {"result": sorted(conn.topics), "id": req_id})
+        elif method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            self._binance_error(conn, req_id, 2, f"Invalid request: unknown method {method!r}")
+        elif not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            self._binance_error(conn, req_id, 2, "Invalid request: params must be stream names")
+        elif method == "UNSUBSCRIBE":
+            for stream in params:
+                self._remove_topic(conn, stream)
+            self._reply(conn, {"result": None, "id": req_id})
+        elif any(not _BINANCE_STREAM.fullmatch(s) or self._refused(s) for s in params):
+            # Binance refuses the whole request when one stream is invalid.
+            self._binance_error(conn, req_id, 2, "Invalid request: invalid stream")
+        else:
+            for stream in params:
+                self._add_topic(conn, stream)
+            self._reply(conn, {"result": None, "id": req_id})
+        self._notify()
+
+    def _binance_error(self, conn: SimConnection, req_id: Any, code: int, msg: str) -> None:
+        self._reply(conn, {"error": {"code": code, "msg": msg}, "id": req_id})
+
+    # ---------------------------------------------------------------- OKX dialect
+
+    def _okx_message(self, conn: SimConnection, data: bytes) -> None:
+        try:
+            request = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            request = None
+        head: dict[str, Any] = {}
+        if isinstance(request, dict) and isinstance(request.get("id"), str):
+            head["id"] = request["id"]  # OKX echoes the request id first
+        op = request.get("op") if isinstance(request, dict) else None
+        args = request.get("args") if isinstance(request, dict) else None
+        well_formed = (
+            op in ("subscribe", "unsubscribe")
+            and isinstance(args, list)
+            and bool(args)
+            and all(
+                isinstance(a, dict)
+                and isinstance(a.get("channel"), str)
+                and isinstance(a.get("instId"), str)
+                for a in args
+            )
+        )
+        if not well_formed:
+            text = data.decode("utf-8", "replace")
+            self._okx_error(conn, head, "60012", f"Invalid request: {text}")
+            return
+        assert isinstance(args, list)
+        for arg in args:
+            channel, inst_id = arg["channel"], arg["instId"]
+            topic = f"{channel}:{inst_id}"
+            echo = {"channel": channel, "instId": inst_id}
+            if op == "unsubscribe":
+                self._remove_topic(conn, topic)
+                self._okx_reply(conn, head, {"event": "unsubscribe", "arg": echo})
+            elif (
+                channel not in _OKX_CHANNELS
+                or not _OKX_INST_ID.fullmatch(inst_id)
+                or self._refused(topic)
+            ):
+                msg = (
+                    f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist. Please "
+                    "use the correct URL, channel and parameters referring to API document."
+                )
+                self._okx_error(conn, head, "60018", msg)
+            else:
+                self._add_topic(conn, topic)
+                self._okx_reply(conn, head, {"event": "subscribe", "arg": echo})
+        self._notify()
+
+    def _okx_reply(self, conn: SimConnection, head: dict[str, Any], body: dict[str, Any]) -> None:
+        self._reply(conn, {**head, **body, "connId": _okx_conn_id(conn.id)})
+
+    def _okx_error(self, conn: SimConnection, head: dict[str, Any], code: str, msg: str) -> None:
+        self._okx_reply(conn, head, {"event": "error", "code": code, "msg": msg})
 
 
 # ==================================================================== CLI
@@ -1215,6 +1421,7 @@ async def _serve(args: argparse.Namespace) -> None:
         api_secret=args.api_secret,
         reject_topics=args.reject_topic,
         seed=args.seed,
+        dialect=Dialect(args.dialect),
     )
     async with sim:
         print(sim.url, flush=True)
@@ -1231,7 +1438,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = argparse.ArgumentParser(
         prog="python -m defi_ws.testing.simulator",
-        description="A local WebSocket venue speaking defi-ws' generic JSON protocol.",
+        description="A local WebSocket venue (defi-ws' generic JSON protocol or a dialect).",
     )
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: pick a free one)")
     parser.add_argument("--rate", type=float, default=10.0, help="messages/s per topic")
@@ -1241,6 +1448,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--reject-topic", action="append", default=[], help="a topic to refuse (repeatable)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--dialect",
+        choices=[d.value for d in Dialect],
+        default=Dialect.GENERIC.value,
+        help="venue protocol to speak",
+    )
     parser.add_argument(
         "--faults", type=float, default=0.0, help="inject a random fault every N seconds"
     )

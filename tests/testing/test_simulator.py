@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -21,6 +21,7 @@ import pytest
 
 from defi_ws.testing import ExchangeSimulator, login_message
 from defi_ws.testing.frames import Opcode, parse_frames
+from defi_ws.testing.simulator import Dialect
 
 TEXT, CONT, CLOSE, PONG = (
     picows.WSMsgType.TEXT,
@@ -474,3 +475,151 @@ async def test_cli_prints_url_and_stops_on_ctrl_c() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ---------------------------------------------------------------------------- dialects
+
+
+def test_dialect_defaults_and_validation() -> None:
+    assert ExchangeSimulator().dialect is Dialect.GENERIC
+    assert ExchangeSimulator(dialect=Dialect.OKX).dialect is Dialect.OKX
+    with pytest.raises(ValueError, match="GENERIC"):
+        ExchangeSimulator(dialect=Dialect.BINANCE, api_key="k", api_secret="s")
+
+
+def texts(client: Client) -> list[bytes]:
+    return [payload for msg_type, payload in client.frames if msg_type == TEXT]
+
+
+async def test_binance_dialect_requests_acks_and_errors() -> None:
+    async with ExchangeSimulator(dialect=Dialect.BINANCE, reject_topics={"dogeusdt@trade"}) as sim:
+        client = await connect(sim)
+        client.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@trade"], "id": 1})
+        await client.wait(lambda: len(client.messages()) == 1)
+        assert texts(client)[0] == b'{"result":null,"id":1}'  # one reply per request
+        assert sim.subscribers("btcusdt@trade") == sim.subscribers("ethusdt@trade") == 1
+
+        # one bad stream refuses the whole request
+        for req_id, streams in ((2, ["solusdt@trade", "btcusdt@depth"]), (3, ["dogeusdt@trade"])):
+            client.send({"method": "SUBSCRIBE", "params": streams, "id": req_id})
+        await client.wait(lambda: len(client.messages()) == 3)
+        error = {"error": {"code": 2, "msg": "Invalid request: invalid stream"}}
+        assert client.messages()[1:] == [{**error, "id": 2}, {**error, "id": 3}]
+        assert texts(client)[1].startswith(b'{"error"')
+        assert sim.subscribers("solusdt@trade") == 0
+
+        client.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": "dup"})
+        client.send({"method": "LIST_SUBSCRIPTIONS", "id": 4})
+        client.send({"method": "UNSUBSCRIBE", "params": ["ethusdt@trade"], "id": 5})
+        client.send({"method": "SUBSCRIBE", "params": [], "id": -1})
+        client.send({"method": "NOPE", "id": 6})
+        await client.wait(lambda: len(client.messages()) == 8)
+        replies = client.messages()[3:]
+        assert replies[:3] == [
+            {"result": None, "id": "dup"},
+            {"result": ["btcusdt@trade", "ethusdt@trade"], "id": 4},
+            {"result": None, "id": 5},
+        ]
+        assert replies[3]["id"] is None and replies[3]["error"]["code"] == 2
+        assert replies[4]["id"] == 6 and replies[4]["error"]["code"] == 2
+        assert sim.duplicate_subscribes == 1
+        assert sim.connections[0].topics == {"btcusdt@trade"}
+
+        # WebSocket PING frames only: a text "ping" is just invalid JSON
+        client.ws.send_ping(b"hb")
+        client.send("ping")
+        await client.wait(lambda: len(client.frames) == 10)
+        assert (PONG, b"hb") in client.frames
+        assert client.messages()[-1]["error"]["code"] == 3
+        assert (TEXT, b"pong") not in client.frames
+        assert (sim.pings_received, sim.pongs_sent) == (1, 1)
+        await client.close()
+
+
+def trades(client: Client) -> list[dict[str, Any]]:
+    return [m for m in client.messages() if isinstance(m, dict) and m.get("e") == "trade"]
+
+
+async def test_binance_dialect_trade_stream_sequences() -> None:
+    async with ExchangeSimulator(dialect=Dialect.BINANCE, rate_per_s=400) as sim:
+        first = await connect(sim)
+        first.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1})
+        await first.wait(lambda: len(trades(first)) >= 10)
+        await first.close()
+        await sim.wait_connections(0)
+        last = sim.last_seq["btcusdt@trade"]
+
+        second = await connect(sim)
+        second.send({"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1})
+        await second.wait(lambda: len(trades(second)) >= 3)
+        sim.set_rate(0)
+        await asyncio.sleep(0.06)
+        sim.sequence_gap("btcusdt@trade", skip=2)
+        assert sim.burst("btcusdt@trade", 5) == 5
+        end = sim.last_seq["btcusdt@trade"]
+        await second.wait(lambda: trades(second)[-1]["t"] == end)
+
+        ids = [m["t"] for m in trades(first)]
+        assert ids == list(range(1, len(ids) + 1))
+        ids2 = [m["t"] for m in trades(second)]
+        assert ids2[0] == last + 1
+        assert sorted({b - a for a, b in itertools.pairwise(ids2)}) == [1, 3]
+        msg = trades(second)[0]
+        assert set(msg) == {"e", "E", "s", "t", "p", "q", "T", "m", "M"}
+        assert msg["s"] == "BTCUSDT" and msg["M"] is True and isinstance(msg["m"], bool)
+        assert float(msg["p"]) > 0 and float(msg["q"]) > 0 and msg["E"] == msg["T"]
+        assert texts(second)[-1].startswith(b'{"e":"trade"')
+        assert sim.messages_sent["btcusdt@trade"] >= len(ids) + len(ids2)
+        await second.close()
+
+
+async def test_okx_dialect_per_arg_acks_errors_ping_and_trades() -> None:
+    async with ExchangeSimulator(dialect=Dialect.OKX, reject_topics={"trades:ETH-USDT"}) as sim:
+        client = await connect(sim)
+        btc = {"channel": "trades", "instId": "BTC-USDT"}
+        args = [
+            btc,
+            {"channel": "books", "instId": "BTC-USDT"},
+            {"channel": "trades", "instId": "ETH-USDT"},
+            {"channel": "trades", "instId": "SOL-USDT"},
+        ]
+        client.send({"id": "7", "op": "subscribe", "args": args})
+        await client.wait(lambda: len(client.messages()) == 4)
+        acks = client.messages()
+        conn_id = acks[0]["connId"]
+        assert isinstance(conn_id, str) and len(conn_id) == 8
+        assert acks[0] == {"id": "7", "event": "subscribe", "arg": btc, "connId": conn_id}
+        events = [(m["event"], m.get("code")) for m in acks]
+        assert events == [("subscribe", None), ("error", "60018"), ("error", "60018"),
+                          ("subscribe", None)]
+        assert "channel:books,instId:BTC-USDT doesn't exist" in acks[1]["msg"]
+        assert all(t.startswith(b'{"id":"7","event"') for t in texts(client))
+        assert sim.connections[0].topics == {"trades:BTC-USDT", "trades:SOL-USDT"}
+
+        client.send({"op": "subscribe", "args": [btc]})  # no id: none echoed
+        client.send({"op": "subscribe", "args": ["trades:BTC-USDT"]})
+        client.send({"op": "ping"})
+        client.send("ping")
+        await client.wait(lambda: len(client.frames) == 8)
+        assert texts(client)[4].startswith(b'{"event":"subscribe"')
+        malformed = client.messages()[5:7]
+        assert [(m["event"], m["code"]) for m in malformed] == [("error", "60012")] * 2
+        assert client.frames[7] == (TEXT, b"pong")
+        assert sim.duplicate_subscribes == 1
+
+        sim.sequence_gap("trades:BTC-USDT", skip=4)
+        assert sim.burst("trades:BTC-USDT", 2) == 2
+        await client.wait(lambda: len(client.frames) == 10)
+        pushes = client.messages()[8:]
+        assert [p["data"][0]["tradeId"] for p in pushes] == ["5", "6"]
+        push = pushes[0]
+        assert push["arg"] == btc and texts(client)[-1].startswith(b'{"arg"')
+        trade = push["data"][0]
+        assert trade["instId"] == "BTC-USDT" and trade["side"] in ("buy", "sell")
+        assert float(trade["px"]) > 0 and float(trade["sz"]) > 0 and trade["ts"].isdigit()
+
+        client.send({"op": "unsubscribe", "args": [btc]})
+        await client.wait(lambda: len(client.frames) == 11)
+        assert client.messages()[-1] == {"event": "unsubscribe", "arg": btc, "connId": conn_id}
+        assert sim.subscribers("trades:BTC-USDT") == 0
+        await client.close()
