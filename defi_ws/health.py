@@ -8,8 +8,7 @@ it from its watchdog tick (never per message); the hot path only bumps C counter
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol

@@ -146,7 +146,7 @@ def client_for(venue: MemoryVenue, **kwargs: Any) -> FeedClient:
 
 def loss_times(client: FeedClient, loop: asyncio.AbstractEventLoop) -> list[tuple[float, Any]]:
     times: list[tuple[float, Any]] = []
-    client._on_disconnected = lambda d: times.append((loop.time(), d))  # noqa: SLF001
+    client._on_disconnected = lambda d: times.append((loop.time(), d))
     return times
 
 
