@@ -28,8 +28,8 @@ from defi_ws.reconnect import ExponentialBackoff, FixedDelay, NoReconnect, Recon
 from defi_ws.sequence import Gap
 from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
-    ConnectOptions,
     Connection,
+    ConnectOptions,
     MemoryTransport,
     PicowsTransport,
     Transport,

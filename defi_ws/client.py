@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
+import functools
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,6 +68,13 @@ from defi_ws.transport import (
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
+
+@functools.cache
+def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """One SSLContext per TLS policy, shared by every client (loading the CA store
+    costs ~800 KiB per context)."""
+    return tls.context()
+
 log = logging.getLogger("defi_ws.client")
 
 #: Close codes the client sends when it ends a connection itself.
@@ -75,6 +85,7 @@ _CLOSE_CODES = {
     DisconnectReason.PROTOCOL_ERROR: 1002,
 }
 _GOING_AWAY = 1001
+_MIN_SLEEP_S = 0.001
 #: Local disconnects whose peer is presumed dead: CLOSE is sent, then the socket aborted.
 _DEAD_PEER = frozenset({DisconnectReason.PING_TIMEOUT, DisconnectReason.STALE})
 
@@ -250,7 +261,6 @@ class FeedClient:
         self._options = ConnectOptions(
             handshake_timeout_s=connect_timeout_s,
             max_message_size=max_message_size,
-            ssl_context=(tls or TlsConfig()).context(),
             extra_headers=dict(extra_headers or {}),
         )
         self._on_connected = on_connected
@@ -262,10 +272,15 @@ class FeedClient:
         self._on_state_change = on_state_change
         self._clock = clock
 
+        self._tls = tls or TlsConfig()
+        if not self._tls.verify:
+            log.warning("%s: TLS certificate verification is OFF: use only for local testing",
+                        name)
         self._heartbeat = heartbeat or WsPing()
         self._ping = PingClock(self._heartbeat)
         self._stale = StaleClock(stale_after_s, topic_stale_after_s)
         self._rules = tuple(health_rules)
+        self._polling = bool(self._rules) or self._stale.enabled
         self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
         self._topic_counts: dict[str, int] = {}
         self._errors_at_open = 0
@@ -584,9 +599,12 @@ class FeedClient:
             listener.set_app_pong(pong[0], pong[1])
         self._local_disconnect = None
         self._auth_reply = None
+        options = self._options
+        if url.startswith("wss:"):
+            options = dataclasses.replace(options, ssl_context=_ssl_context(self._tls))
         try:
             async with asyncio.timeout(self._connect_timeout_s + 1.0):
-                conn = await self._transport.connect(url, listener, self._options)
+                conn = await self._transport.connect(url, listener, options)
         except ConnectError as exc:
             self._lost(exc.disconnect)
             return
@@ -683,16 +701,24 @@ class FeedClient:
                 self._watchdog(conn, now)
                 if self._local_disconnect is None:
                     self._advance(conn, now, auth_deadline)
+                if self._local_disconnect is not None:
+                    continue  # start the closing handshake at once
             delay_s = self._drain(now) if self._local_disconnect is None else None
-            timeout_s = self._tick_s
+            # Sleep until the next deadline; poll every tick only while a stale clock
+            # or a health rule needs to watch counters.
+            timeout_s = self._tick_s if self._polling else 3600.0
             closing = self._local_disconnect is not None
             deadlines = (None if aborted else close_deadline,) if closing else (
-                self._subs.next_deadline(), self._ping.next_deadline())
+                self._subs.next_deadline(), self._ping.next_deadline(),
+                self._stale.next_deadline() if self._lc.state is State.LIVE else None,
+                auth_deadline if self._lc.state is State.AUTHENTICATING else None)
             for deadline in deadlines:
                 if deadline is not None:
                     timeout_s = min(timeout_s, max(0.0, deadline - now))
             if delay_s is not None:
                 timeout_s = min(timeout_s, delay_s)
+            # A floor keeps a deadline that is "now" (float rounding) from spinning.
+            timeout_s = max(timeout_s, _MIN_SLEEP_S)
             self._signal.clear()
             if conn.closed or self._signal.is_set():
                 continue
@@ -792,6 +818,7 @@ class FeedClient:
         if rtt_ns is not None:
             self.health.rtt.record(rtt_ns)
             self._rtt_connection.record(rtt_ns)
+            self._wake()  # the next deadline is now the next ping, not the timeout
 
     def _watchdog(self, conn: Connection, now: float) -> None:
         """Heartbeat, stale clocks and health rules: once per loop turn, never per message."""

@@ -178,6 +178,19 @@ class StaleClock:
         return None
 
     @property
+    def enabled(self) -> bool:
+        """Whether any clock is set (global or per topic)."""
+        return self.stale_after_s is not None or any(
+            a is not None for a in self.topic_allowance_s.values())
+
+    def next_deadline(self) -> float | None:
+        """When the global clock runs out if no data arrives (per-topic clocks are
+        checked on the polling tick)."""
+        if self.stale_after_s is None:
+            return None
+        return self._last_data_at + self.stale_after_s
+
+    @property
     def last_data_at(self) -> float:
         """When data was last seen (watchdog resolution)."""
         return self._last_data_at

@@ -8,13 +8,10 @@ which is not retried unless the user's classifier says so.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from dataclasses import dataclass
 
 __all__ = ["TlsConfig"]
-
-log = logging.getLogger("defi_ws.tls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +20,7 @@ class TlsConfig:
 
     Attributes:
         verify: verify the server certificate and host name (turning this off is
-            for local testing only; it is logged at WARNING).
+            for local testing only; each FeedClient using it logs a WARNING).
         ca_file: a PEM bundle of CAs to trust instead of the system store.
         client_cert: a PEM client certificate (mutual TLS).
         client_key: the key of ``client_cert`` (may be inside ``client_cert``).
@@ -46,7 +43,6 @@ class TlsConfig:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
         ctx.minimum_version = self.min_version
         if not self.verify:
-            log.warning("TLS certificate verification is OFF: use only for local testing")
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         if self.client_cert is not None:
