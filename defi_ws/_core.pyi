@@ -50,7 +50,7 @@ class FeedListener(picows.WSListener):
     errors: deque[tuple[int, str, str]]
     def __init__(
         self,
-        on_message: Callable[[Any], object],
+        on_message: Callable[[Any], object] | None,
         decode: Callable[[memoryview], Any] | None = ...,
         events: Any = None,
         *,

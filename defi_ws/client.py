@@ -778,7 +778,8 @@ class FeedClient:
     def _data_callback(self) -> Callable[[Any], object]:
         """The data callback for the hot path: the handler's own unless topics are counted
         (per-topic stale clocks) or sequences are checked (gap detection)."""
-        on_message = self.handler.on_message
+        on_message: Callable[[Any], object] = getattr(
+            self.handler, "data_sink", self.handler.on_message)
         topic_of = self._topic_of if self._stale.topic_allowance_s else None
         sequence_of = self._sequence_of
         if topic_of is None and sequence_of is None:
@@ -903,7 +904,7 @@ class FeedClient:
     def _on_control(self, message: Any) -> None:
         results = self.handler.classify(message)
         if not results:
-            self.handler.on_message(message)
+            getattr(self.handler, "data_sink", self.handler.on_message)(message)
             return
         for result in results:
             if isinstance(result, AuthReply):

@@ -197,3 +197,11 @@ class JsonHandler:
         """Hand a data message to ``on_data`` (override to handle it yourself)."""
         if self._on_data is not None:
             self._on_data(message)
+
+    @property
+    def data_sink(self) -> Callable[[Any], object]:
+        """The callable the hot path calls per data message: ``on_data`` itself when
+        :meth:`on_message` is not overridden (one Python call per message, not two)."""
+        if type(self).on_message is JsonHandler.on_message and self._on_data is not None:
+            return self._on_data
+        return self.on_message
