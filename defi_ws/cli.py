@@ -1,19 +1,32 @@
-"""The ``defi-ws`` command line: ``demo`` runs a live feed against an embedded venue.
+"""The ``defi-ws`` command line.
 
-``defi-ws demo [--duration S] [--rate N] [--no-faults]`` starts the in-process
-:class:`~defi_ws.testing.ExchangeSimulator`, connects a :class:`~defi_ws.FeedClient`
-to it with a few topics, injects a fault every few seconds, and prints live counters,
-then a summary. It needs no network.
+* ``defi-ws demo [--duration S] [--rate N] [--no-faults]``: starts the in-process
+  :class:`~defi_ws.testing.ExchangeSimulator`, connects a :class:`~defi_ws.FeedClient`
+  to it with a few topics, injects a fault every few seconds, and shows live counters,
+  then a summary. It needs no network.
+* ``defi-ws tail URL [--subscribe JSON]... [--ping ws|text:ping|json:{...}]
+  [--stale-after S] [--format raw|json|pretty] [--stats]``: tails a feed with
+  reconnects; messages to stdout, status to stderr; Ctrl-C prints a summary.
+* ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
+
+Errors (bad URL, unreachable host, bad JSON) print one line and exit non-zero.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import signal
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 __all__ = ["main"]
 
@@ -96,6 +109,143 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
     return 0
 
 
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_ping(spec: str) -> Any:
+    """``ws`` | ``none`` | ``text:PING[:PONG]`` | ``json:{...}[=PONG_PREFIX]`` -> heartbeat."""
+    from defi_ws.heartbeat import JsonPing, NoPing, TextPing, WsPing
+
+    if spec == "ws":
+        return WsPing()
+    if spec == "none":
+        return NoPing()
+    if spec.startswith("text:"):
+        ping, _, pong = spec[5:].partition(":")
+        return TextPing(ping or "ping", pong or "pong")
+    if spec.startswith("json:"):
+        body, _, prefix = spec[5:].partition("=")
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--ping json: not valid JSON: {exc}") from None
+        return JsonPing(message, pong_prefix=(prefix or '{"event":"pong"').encode())
+    raise CliError(f"--ping: expected ws, none, text:PING[:PONG] or json:{{...}}, got {spec!r}")
+
+
+async def run_tail(args: argparse.Namespace) -> int:
+    """Tail a feed until Ctrl-C (or --duration); return the exit status."""
+    from defi_ws.client import FeedClient
+    from defi_ws.errors import FatalDisconnect
+    from defi_ws.handler import JsonHandler
+    from defi_ws.reconnect import ExponentialBackoff
+    from defi_ws.transport import redact_url
+
+    url: str = args.url
+    if not url.startswith(("ws://", "wss://")):
+        raise CliError(f"URL must start with ws:// or wss://, got {redact_url(url)!r}")
+    subscribe: list[Any] = []
+    for text in args.subscribe:
+        try:
+            subscribe.append(orjson.loads(text))
+        except orjson.JSONDecodeError as exc:
+            raise CliError(f"--subscribe: not valid JSON ({exc}): {text[:60]!r}") from None
+    heartbeat = parse_ping(args.ping)
+    out = sys.stdout.buffer
+    fmt = args.format
+    option = orjson.OPT_INDENT_2 if fmt == "pretty" else 0
+
+    class Tail(JsonHandler):
+        decode: Callable[[memoryview], Any] | None = (
+            None if fmt == "raw" else staticmethod(orjson.loads))
+        control_prefixes: tuple[bytes, ...] | None = ()  # nothing to classify
+
+        def classify(self, message: Any) -> list[Any]:
+            return []
+
+        def on_message(self, message: Any) -> None:
+            if fmt == "raw":
+                out.write(bytes(message) + b"\n")
+            else:
+                out.write(orjson.dumps(message, option=option) + b"\n")
+
+    client: FeedClient
+
+    went_live = False
+
+    def on_connected() -> None:
+        nonlocal went_live
+        went_live = True
+        if subscribe:
+            client.send_batch(subscribe)
+        status(f"live on {redact_url(url)}")
+
+    def on_disconnected(disconnect: Any) -> None:
+        if went_live:  # before the first success, only the final error is worth a line
+            status(f"disconnected: {disconnect.describe()}")
+
+    def status(text: str) -> None:
+        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
+
+    client = FeedClient(
+        Tail(url),
+        heartbeat=heartbeat,
+        stale_after_s=args.stale_after,
+        reconnect=ExponentialBackoff(initial_s=0.5, max_s=10.0, max_attempts=args.retries),
+        on_connected=on_connected,
+        on_disconnected=on_disconnected,
+        name="tail",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    status_code = 0
+    try:
+        async with client:
+            deadline = None if args.duration is None else loop.time() + args.duration
+            while not stop.is_set():
+                if client.state.name == "CLOSED":
+                    break
+                timeout = 5.0 if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await asyncio.wait_for(stop.wait(), min(timeout, 5.0))
+                except TimeoutError:
+                    pass
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                if args.stats:
+                    status(orjson.dumps(client.snapshot()).decode())
+                out.flush()
+        if client.fatal is not None:
+            raise client.fatal
+    except FatalDisconnect as exc:
+        print(f"defi-ws: error: {exc.disconnect.describe()}", file=sys.stderr)
+        status_code = 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        out.flush()
+    if not went_live:
+        return status_code
+    snap = client.snapshot()
+    status(
+        f"summary: {snap['messages']} messages, {snap['bytes_received']} bytes, "
+        f"{snap['reconnects']} reconnects, disconnects {snap['disconnects']}, "
+        f"rtt p50 {snap['rtt']['p50_ms']} ms"
+    )
+    return status_code
+
+
+def run_bench(argv: list[str]) -> int:
+    """Run ``bench/run.py`` of the source checkout this package lives in."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.exists():
+        raise CliError("bench/ not found: run `defi-ws bench` from a source checkout")
+    return subprocess.call([sys.executable, str(script), *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``defi-ws`` / ``python -m defi_ws``."""
     parser = argparse.ArgumentParser(prog="defi-ws", description="defi-ws command line")
@@ -104,12 +254,52 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--duration", type=float, default=12.0, help="seconds to run")
     demo.add_argument("--rate", type=float, default=200.0, help="messages/s per topic")
     demo.add_argument("--no-faults", action="store_true", help="do not inject faults")
+    tail = sub.add_parser("tail", help="tail a feed (messages to stdout, status to stderr)")
+    tail.add_argument("url")
+    tail.add_argument("--subscribe", action="append", default=[], metavar="JSON",
+                      help="a message sent after each (re)connect; repeatable")
+    tail.add_argument("--ping", default="ws", help="ws | none | text:ping[:pong] | json:{...}")
+    tail.add_argument("--stale-after", type=float, default=None, metavar="S",
+                      help="reconnect when no data arrives for S seconds")
+    tail.add_argument("--format", choices=["raw", "json", "pretty"], default="json")
+    tail.add_argument("--stats", action="store_true", help="health snapshot to stderr every 5 s")
+    tail.add_argument("--retries", type=int, default=5,
+                      help="consecutive failed attempts before giving up")
+    tail.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    tail.add_argument("--verbose", action="store_true", help="log to stderr")
+    demo.add_argument("--verbose", action="store_true", help="log to stderr")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        try:
-            import uvloop
+    if args.command != "bench":
+        quiet_logs(args.verbose)
+    try:
+        if args.command == "bench":
+            return run_bench(args.args)
+        runner = _runner()
+        if args.command == "demo":
+            return int(runner(run_demo(args.duration, args.rate, not args.no_faults)))
+        return int(runner(run_tail(args)))
+    except CliError as exc:
+        print(f"defi-ws: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
-            return uvloop.run(run_demo(args.duration, args.rate, not args.no_faults))
-        except ImportError:
-            return asyncio.run(run_demo(args.duration, args.rate, not args.no_faults))
-    return 2
+
+def quiet_logs(verbose: bool) -> None:
+    """Status lines speak for the CLI; library logs only with --verbose."""
+    root = logging.getLogger("defi_ws")
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    else:
+        root.addHandler(logging.NullHandler())
+        root.propagate = False
+
+
+def _runner() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

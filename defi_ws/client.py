@@ -340,6 +340,11 @@ class FeedClient:
         return self._conn
 
     @property
+    def fatal(self) -> FatalDisconnect | None:
+        """The error that ended the feed, if a fatal disconnect did."""
+        return self._fatal
+
+    @property
     def last_disconnect(self) -> Disconnect | None:
         """The most recent classified disconnect."""
         return self._lc.last_disconnect

@@ -50,7 +50,7 @@ async def test_secrets_never_reach_logs_reprs_or_errors(caplog: pytest.LogCaptur
             sim.drop_all()
             with pytest.raises(FatalDisconnect) as info:
                 await client.wait_closed()
-                raise client._fatal or AssertionError("not fatal")
+                raise client.fatal or AssertionError("not fatal")
         texts = [record.getMessage() for record in caplog.records]
         texts += [repr(client), str(info.value), repr(info.value.disconnect)]
         texts.append(orjson.dumps(client.snapshot()).decode())
