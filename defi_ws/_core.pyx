@@ -262,9 +262,37 @@ cdef class FrameEncoder:
             pos = 10
         memcpy(out + pos, &mask, 4)
         pos += 4
-        for i in range(size):
-            out[pos + i] = payload[i] ^ mask_bytes[i & 3]
+        # XOR eight bytes at a time with the key repeated, then the tail.
+        cdef uint64_t mask64 = (<uint64_t>mask << 32) | mask
+        cdef uint64_t word
+        cdef Py_ssize_t j = 0
+        while j + 8 <= size:
+            memcpy(&word, payload + j, 8)
+            word ^= mask64
+            memcpy(out + pos + j, &word, 8)
+            j += 8
+        while j < size:
+            out[pos + j] = payload[j] ^ mask_bytes[j & 3]
+            j += 1
         return pos + size
+
+    def encode_one(self, payload, bint binary=False):
+        """Encode one payload (``bytes``-like or ``str``) as one masked frame."""
+        if isinstance(payload, str):
+            payload = PyUnicode_AsUTF8String(payload)
+        cdef Py_buffer view
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        cdef bytearray out
+        cdef Py_ssize_t written
+        try:
+            out = PyByteArray_FromStringAndSize(NULL, view.len + 14)
+            written = self._write_frame(<uint8_t*>PyByteArray_AS_STRING(out),
+                                        OP_BINARY if binary else OP_TEXT,
+                                        <const uint8_t*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+        del out[written:]
+        return out
 
     def encode(self, list payloads, bint binary=False):
         """Encode payloads as consecutive masked frames in one ``bytearray``.

@@ -42,17 +42,15 @@ class Outbound:
         self.messages_sent = 0
         self.writes = 0
 
-    def encode(self, messages: Iterable[OutboundMessage], *, binary: bool = False) -> bytearray:
-        """Encode messages as consecutive masked frames (TEXT unless ``binary``)."""
-        return self._encoder.encode([to_payload(m) for m in messages], binary)
-
     def send(self, conn: Connection, message: OutboundMessage, *, binary: bool = False) -> None:
         """Send one message as one frame.
 
         Raises:
             NotConnectedError: the connection is closing or closed.
         """
-        self.send_batch(conn, (message,), binary=binary)
+        conn.write(self._encoder.encode_one(to_payload(message), binary))
+        self.messages_sent += 1
+        self.writes += 1
 
     def send_batch(
         self, conn: Connection, messages: Iterable[OutboundMessage], *, binary: bool = False

@@ -97,7 +97,8 @@ async def test_send_after_close_raises_not_connected() -> None:
 def test_encoder_length_encodings_round_trip(size: int) -> None:
     payload = bytes(range(256)) * (size // 256 + 1)
     payload = payload[:size]
-    data = FrameEncoder().encode([payload], True)
-    frames, rest = parse_frames(bytes(data), expect_masked=True)
-    assert rest == b"" and len(frames) == 1
-    assert frames[0].payload == payload and frames[0].opcode == Opcode.BINARY
+    encoder = FrameEncoder()
+    for data in (encoder.encode([payload], True), encoder.encode_one(payload, True)):
+        frames, rest = parse_frames(bytes(data), expect_masked=True)
+        assert rest == b"" and len(frames) == 1
+        assert frames[0].payload == payload and frames[0].opcode == Opcode.BINARY
