@@ -24,6 +24,35 @@ build: $(STAMP)
 test: $(STAMP) lint typecheck stubtest
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make test` on each of these Pythons that pyenv has (newest patch release), each in
+# its own .venv-3.X; stops at the first failure. Logs: build/test-all-3.X.log.
+TEST_ALL_VERSIONS ?= 3.10 3.11 3.12 3.13
+
+test-all:
+	@mkdir -p build; summary=""; status=0; \
+	for v in $(TEST_ALL_VERSIONS); do \
+	  full=$$(pyenv versions --bare 2>/dev/null \
+	    | awk -F. -v v="$$v" 'NF == 3 && $$1 "." $$2 == v && $$3 ~ /^[0-9]+$$/' \
+	    | sort -t. -k3,3n | tail -n 1); \
+	  if [ -z "$$full" ]; then \
+	    echo "test-all: Python $$v: not installed in pyenv, skipped"; \
+	    summary="$$summary  $$v: skipped (not in pyenv)\n"; continue; \
+	  fi; \
+	  echo "test-all: Python $$full in .venv-$$v (log: build/test-all-$$v.log)"; \
+	  log=build/test-all-$$v.log; start=$$(date +%s); \
+	  { $(MAKE) --no-print-directory test PYTHON="$$(pyenv prefix $$full)/bin/python" \
+	      VENV=.venv-$$v 2>&1; echo $$? > $$log.rc; } | tee $$log; \
+	  rc=$$(cat $$log.rc); rm -f $$log.rc; secs=$$(( $$(date +%s) - start )); \
+	  result=$$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' $$log | tail -n 1 | sed -E 's/^=+ / /; s/ =+$$//'); \
+	  if [ "$$rc" = 0 ]; then \
+	    summary="$$summary  $$v: passed (Python $$full, $${secs}s):$$result\n"; \
+	  else \
+	    summary="$$summary  $$v: FAILED (Python $$full, $${secs}s):$${result:- see $$log}\n"; \
+	    status=1; break; \
+	  fi; \
+	done; \
+	printf "test-all summary:\n$$summary"; exit $$status
+
 conformance: $(STAMP)
 	$(PY) -m pytest tests/conformance -q -s
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from defi_ws._compat import TimeoutErrors
+
 __all__ = ["main"]
 
 TOPICS = ["trades.BTC-USD", "trades.ETH-USD", "trades.SOL-USD"]
@@ -211,7 +213,7 @@ async def run_tail(args: argparse.Namespace) -> int:
                 timeout = 5.0 if deadline is None else max(0.0, deadline - loop.time())
                 try:
                     await asyncio.wait_for(stop.wait(), min(timeout, 5.0))
-                except TimeoutError:
+                except TimeoutErrors:
                     pass
                 if deadline is not None and loop.time() >= deadline:
                     break

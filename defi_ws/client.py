@@ -30,6 +30,7 @@ from typing import Any
 
 import picows
 
+from defi_ws import _compat
 from defi_ws._core import ERROR_POLICY_CONTINUE, ERROR_POLICY_DISCONNECT, FeedListener, now_ns
 from defi_ws.errors import (
     ConfigError,
@@ -429,7 +430,7 @@ class FeedClient:
         """
         if self._live is None or self._done is None:
             raise FeedClosedError("the client is not started")
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not self._live.is_set():
                 if self._done.is_set():
                     break
@@ -480,6 +481,11 @@ class FeedClient:
             NotConnectedError: no authenticated connection is open.
             SendQueueFull: the outbound queue is at ``max_queued_messages``.
         """
+        conn = self._conn
+        if (conn is not None and not self._outbox and self._lc.state is State.LIVE
+                and self._pacer.try_take(self._clock())):
+            self._outbound.send(conn, message)  # fast path: nothing queued, rate allows
+            return
         self.send_batch((message,))
 
     def send_batch(self, messages: Iterable[Any]) -> None:
@@ -578,7 +584,7 @@ class FeedClient:
                 break
             self._signal.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
+                async with _compat.timeout(remaining):
                     await self._signal.wait()
         if not self._stop_requested:
             self._step(self._lc.retry(self._clock()), State.BACKOFF)
@@ -608,7 +614,7 @@ class FeedClient:
         if url.startswith("wss:"):
             options = dataclasses.replace(options, ssl_context=_ssl_context(self._tls))
         try:
-            async with asyncio.timeout(self._connect_timeout_s + 1.0):
+            async with _compat.timeout(self._connect_timeout_s + 1.0):
                 conn = await self._transport.connect(url, listener, options)
         except ConnectError as exc:
             self._lost(exc.disconnect)
@@ -728,7 +734,7 @@ class FeedClient:
             if conn.closed or self._signal.is_set():
                 continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
+                async with _compat.timeout(timeout_s):
                     await self._signal.wait()
 
     def _advance(self, conn: Connection, now: float, auth_deadline: float) -> None:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import orjson
 import picows
 
+from defi_ws._compat import TimeoutErrors
 from defi_ws._core import FeedListener
 from defi_ws.errors import ConnectError, NotConnectedError
 from defi_ws.reasons import Disconnect, DisconnectReason
@@ -189,7 +190,7 @@ def classify_connect_error(exc: BaseException) -> Disconnect:
         )
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return Disconnect(DisconnectReason.TLS_FAILURE, detail=f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutErrors):
         return Disconnect(DisconnectReason.CONNECT_FAILED, detail="connect/handshake timed out")
     return Disconnect(DisconnectReason.CONNECT_FAILED, detail=f"{type(exc).__name__}: {exc}")
 

@@ -119,7 +119,7 @@ async def run(url: str | None, seconds: float) -> int:
                 asyncio.create_task(reporter(client, queue, stats), name="reporter"),
             ]
             await client.wait_live(timeout_s=10.0)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):  # builtin TimeoutError on 3.11+
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
             for task in tasks:
                 task.cancel()

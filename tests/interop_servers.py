@@ -33,6 +33,8 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from defi_ws import _compat
+
 __all__ = ["AiohttpVenue", "Venue", "VenueConnection", "WebsocketsVenue"]
 
 _HOST = "127.0.0.1"
@@ -107,7 +109,7 @@ class Venue:
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         """Wait until ``predicate()`` holds; re-checked on every venue event."""
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not predicate():
                 await self._changed.wait()
 
@@ -242,7 +244,7 @@ class WebsocketsVenue(Venue):
     async def ping_clients(self, timeout_s: float = 1.0) -> bool | None:
         waiters = [await ws.ping() for _, ws in list(self._conns.values())]
         try:
-            async with asyncio.timeout(timeout_s):
+            async with _compat.timeout(timeout_s):
                 await asyncio.gather(*waiters)
         except TimeoutError:
             return False

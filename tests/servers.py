@@ -15,6 +15,7 @@ from typing import Any
 
 import picows
 
+from defi_ws import _compat
 from defi_ws.testing.frames import Frame, parse_frames
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -57,7 +58,7 @@ class ServerPeer(picows.WSListener):  # type: ignore[misc]
         self.ws.underlying_transport.write(data)
 
     async def wait_frames(self, count: int, timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while len(self.received) < count:
                 self.got_frame.clear()
                 await self.got_frame.wait()
@@ -107,7 +108,7 @@ class ScriptServer:
 
     async def next_peer(self, timeout_s: float = 5.0) -> ServerPeer:
         peer = await asyncio.wait_for(self.peers.get(), timeout_s)
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while peer.transport is None:
                 await asyncio.sleep(0)
         return peer
@@ -154,7 +155,7 @@ class RawServer:
         await self._server.wait_closed()
 
     async def wait_frames(self, count: int, timeout_s: float = 5.0) -> list[Frame]:
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while True:
                 frames, _ = parse_frames(bytes(self.raw), expect_masked=True)
                 if len(frames) >= count:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from defi_ws import _compat
 from defi_ws.client import FeedClient
 from defi_ws.errors import FatalDisconnect
 from defi_ws.handler import JsonHandler
@@ -96,7 +97,7 @@ class Recorder:
         return [d.reason for _, d in self.disconnects]
 
     async def wait(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
@@ -560,7 +561,7 @@ async def test_invalid_json_is_counted_and_the_connection_stays_live() -> None:
             await client.wait_live(5)
             before = client.health.counter("decode_errors")
             assert sim.send_invalid_json() == 1
-            async with asyncio.timeout(5):
+            async with _compat.timeout(5):
                 while client.health.counter("decode_errors") == before:
                     await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # nothing else follows

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from defi_ws import _compat
 from defi_ws.client import FeedClient
 from defi_ws.handler import JsonHandler
 from defi_ws.heartbeat import WsPing
@@ -80,7 +81,7 @@ class Events:
         }
 
     async def wait(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
@@ -102,7 +103,7 @@ async def assert_subscribed(client: FeedClient, venue: Venue, topics: set[str]) 
     """LIVE with exactly ``topics``, as the client and the venue see it; data flows."""
     await client.wait_live(10)
     assert set(client.desired_topics) == topics
-    async with asyncio.timeout(5):  # a topic added while LIVE is confirmed by its ack
+    async with _compat.timeout(5):  # a topic added while LIVE is confirmed by its ack
         while set(client.confirmed_topics) != topics:
             await asyncio.sleep(0.01)
     assert client.state is State.LIVE
@@ -113,7 +114,7 @@ async def assert_subscribed(client: FeedClient, venue: Venue, topics: set[str]) 
     assert sorted(conn.subscribes) == sorted(set(conn.subscribes)), "duplicate subscribe"
     if topics:
         seen = client.health.counter("messages")
-        async with asyncio.timeout(5):
+        async with _compat.timeout(5):
             while client.health.counter("messages") < seen + len(topics):
                 await asyncio.sleep(0.02)
 

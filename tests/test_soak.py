@@ -26,6 +26,7 @@ from collections import Counter
 
 import pytest
 
+from defi_ws import _compat
 from defi_ws.client import FeedClient
 from defi_ws.handler import JsonHandler
 from defi_ws.heartbeat import WsPing
@@ -188,7 +189,7 @@ async def test_soak_random_faults() -> None:
                     f"{client.state.name} confirmed={client.confirmed_topics} "
                     f"desired={client.desired_topics} history={list(client.history)[-5:]}"
                 ) from None
-            async with asyncio.timeout(10):
+            async with _compat.timeout(10):
                 while not injector.delivered():
                     await asyncio.sleep(0.05)
             assert client.state is State.LIVE

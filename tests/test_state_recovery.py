@@ -21,6 +21,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from defi_ws import _compat
 from defi_ws.client import FeedClient
 from defi_ws.handler import JsonHandler
 from defi_ws.lifecycle import State
@@ -45,7 +46,7 @@ steps = st.lists(
 
 
 async def wait_state(client: FeedClient, state: State, timeout_s: float = 60.0) -> None:
-    async with asyncio.timeout(timeout_s):
+    async with _compat.timeout(timeout_s):
         while client.state is not state:
             await asyncio.sleep(0.001)
 
@@ -180,13 +181,13 @@ async def scenario_over_loopback(
                 else:
                     strike[State.BACKOFF] = "noop"
                     sim.drop_all()
-                    async with asyncio.timeout(10):
+                    async with _compat.timeout(10):
                         while client.state is not State.BACKOFF:
                             await asyncio.sleep(0.001)
                     (client.subscribe if action == "sub_offline" else client.unsubscribe)(arg)
                     await client.wait_live(10)
             await client.wait_live(10)
-            async with asyncio.timeout(10):  # late acks and unsubscribes settle
+            async with _compat.timeout(10):  # late acks and unsubscribes settle
                 while {t for c in sim.connections if c.open for t in c.topics} != set(
                     client.desired_topics
                 ) or set(client.confirmed_topics) != set(client.desired_topics):

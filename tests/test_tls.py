@@ -7,6 +7,7 @@ connects; (b) and (c) end in TLS_FAILURE, which is fatal (not retried) by defaul
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +112,23 @@ def test_client_certificate_is_loaded(ca: trustme.CA, tmp_path: Path) -> None:
     ctx = TlsConfig(client_cert=str(path)).context()
     assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+async def test_simulator_over_tls_end_to_end(ca: trustme.CA, ca_file: str) -> None:
+    from defi_ws.testing import ExchangeSimulator
+
+    async with ExchangeSimulator(rate_per_s=50, ssl_context=server_context(ca)) as sim:
+        assert sim.url.startswith("wss://")
+        got: list[Any] = []
+        client = FeedClient(JsonHandler(sim.url, on_data=got.append), topics=["trades.BTC"],
+                            tls=TlsConfig(ca_file=ca_file), reconnect=FixedDelay(0.05))
+        async with client:
+            await client.wait_live(5)
+            await sim.wait_for(lambda: len(got) >= 5, 5)
+            sim.drop_all()
+            await asyncio.sleep(0.2)
+            await client.wait_live(5)
+            count = len(got)
+            await sim.wait_for(lambda: len(got) >= count + 5, 5)
+        assert client.health.reconnects == 1
+        assert client.connection is None

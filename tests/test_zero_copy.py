@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from defi_ws import _compat
 from defi_ws._core import FeedListener, buffer_address
 from defi_ws.transport import ConnectOptions, PicowsTransport
 from tests.servers import ScriptServer
@@ -45,7 +46,7 @@ async def open_probe(server: ScriptServer) -> tuple[Any, AddressProbe, list[Any]
 
 
 async def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
+    async with _compat.timeout(timeout_s):
         while not predicate():
             await asyncio.sleep(0.001)
 

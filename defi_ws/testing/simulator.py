@@ -76,6 +76,7 @@ import math
 import random
 import re
 import socket
+import ssl
 import struct
 import time
 from collections import Counter, deque
@@ -87,6 +88,7 @@ import orjson
 import picows
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from defi_ws import _compat
 from defi_ws.testing.frames import Opcode, build_frame
 
 __all__ = [
@@ -408,6 +410,8 @@ class ExchangeSimulator:
         dialect: the venue protocol to speak (default: the generic one). Topics
             (``reject_topics``, ``set_rate``, ``burst``, ``sequence_gap``, stats...)
             are the dialect's topic keys (``"btcusdt@trade"``, ``"trades:BTC-USDT"``).
+        ssl_context: serve TLS (``wss://``) with this server context, e.g. one
+            configured by a ``trustme`` certificate.
 
     Attributes:
         dialect: the venue protocol spoken.
@@ -443,6 +447,7 @@ class ExchangeSimulator:
         close_timeout_s: float = 1.0,
         max_frame_size: int = 1024 * 1024,
         dialect: Dialect = Dialect.GENERIC,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together")
@@ -452,6 +457,7 @@ class ExchangeSimulator:
         if rate_per_s < 0:
             raise ValueError("rate_per_s must be >= 0")
         self._port = port
+        self._ssl_context = ssl_context
         self._rate = float(rate_per_s)
         self._rates: dict[str, float] = {}
         self.api_key = api_key
@@ -529,7 +535,8 @@ class ExchangeSimulator:
         self._closing = False
         self._changed = asyncio.Event()
         self._rate_changed = asyncio.Event()
-        self._server = await self._loop.create_server(self._accept, _HOST, self._port)
+        self._server = await self._loop.create_server(
+            self._accept, _HOST, self._port, ssl=self._ssl_context)
         self._stream_task = asyncio.create_task(self._stream_loop(), name="simulator-stream")
 
     async def stop(self, timeout_s: float = 2.0) -> None:
@@ -559,14 +566,14 @@ class ExchangeSimulator:
                 conn._ws.send_close(picows.WSCloseCode.GOING_AWAY, b"simulator shutdown")
             conn.disconnect()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
+            async with _compat.timeout(timeout_s):
                 for conn in conns:
                     await conn.disconnected.wait()
         for transport in list(self._raw_transports):
             if not transport.is_closing():
                 transport.abort()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
+            async with _compat.timeout(1.0):
                 for conn in conns:
                     if not conn.disconnected.is_set():
                         conn._ws.disconnect(False)
@@ -590,8 +597,9 @@ class ExchangeSimulator:
 
     @property
     def url(self) -> str:
-        """``ws://127.0.0.1:<port>/``."""
-        return f"ws://{_HOST}:{self.port}/"
+        """``ws://127.0.0.1:<port>/`` (``wss://`` with an ``ssl_context``)."""
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{_HOST}:{self.port}/"
 
     @property
     def connections(self) -> list[SimConnection]:
@@ -657,7 +665,7 @@ class ExchangeSimulator:
         Raises:
             TimeoutError: the condition did not become true in time.
         """
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not predicate():
                 await self._changed.wait()
 

@@ -19,6 +19,7 @@ import orjson
 import picows
 import pytest
 
+from defi_ws import _compat
 from defi_ws.testing import ExchangeSimulator, login_message
 from defi_ws.testing.frames import Opcode, parse_frames
 from defi_ws.testing.simulator import Dialect
@@ -88,7 +89,7 @@ class Client(picows.WSListener):  # type: ignore[misc]
         return None
 
     async def wait(self, predicate: Any, timeout_s: float = 3.0) -> None:
-        async with asyncio.timeout(timeout_s):
+        async with _compat.timeout(timeout_s):
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
@@ -308,7 +309,7 @@ async def test_reject_handshakes_statuses_and_retry_after() -> None:
 async def test_slow_handshake() -> None:
     async with ExchangeSimulator() as sim:
         sim.slow_handshake(0.4)
-        with pytest.raises((TimeoutError, picows.WSError)):
+        with pytest.raises((*_compat.TimeoutErrors, picows.WSError)):
             await connect(sim, websocket_handshake_timeout=0.1)
         started = time.monotonic()
         client = await connect(sim, websocket_handshake_timeout=3)
@@ -393,7 +394,7 @@ async def test_invalid_payloads_on_the_wire() -> None:
         sim.send_invalid_json()
         sim.send_oversized(100)
         raw = b""
-        async with asyncio.timeout(3):
+        async with _compat.timeout(3):
             while len(frames := parse_frames(raw, expect_masked=False)[0]) < 4:
                 raw += await reader.read(65536)
         utf8, stray, bad_json, big = frames
@@ -417,7 +418,7 @@ async def test_random_faults_run_and_stop_cleanly() -> None:
         while time.monotonic() < deadline:
             try:
                 client = await connect(sim, websocket_handshake_timeout=0.5)
-            except (picows.WSError, OSError, TimeoutError):
+            except (picows.WSError, OSError, *_compat.TimeoutErrors):
                 continue
             clients.append(client)
             client.send({"op": "subscribe", "args": ["trades.BTC"]})
