@@ -69,6 +69,8 @@ from defi_ws.transport import (
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
+log = logging.getLogger("defi_ws.client")
+
 
 @functools.cache
 def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -76,7 +78,6 @@ def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     costs ~800 KiB per context)."""
     return tls.context()
 
-log = logging.getLogger("defi_ws.client")
 
 #: Close codes the client sends when it ends a connection itself.
 _CLOSE_CODES = {
