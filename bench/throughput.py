@@ -253,7 +253,7 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
 
                 from defi_ws.typed import struct_decoder
 
-                class Trade(msgspec.Struct):
+                class Trade(msgspec.Struct, gc=False):  # no cycles: skip GC tracking
                     e: str
                     E: int
                     s: str
@@ -264,7 +264,7 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
                     m: bool
                     M: bool
 
-                class Price(msgspec.Struct):
+                class Price(msgspec.Struct, gc=False):
                     p: str
 
                 return FeedListener(attr_callback,
