@@ -38,6 +38,7 @@ async def test_tail_streams_reconnects_and_exits_cleanly_on_ctrl_c() -> None:
         await sim.wait_for(lambda: sim.subscribers("trades.BTC") == 1, 10)
         await asyncio.sleep(0.5)
         sim.drop_all()
+        await sim.wait_for(lambda: sim.connections_accepted >= 2, 10)  # the reconnect
         await sim.wait_for(lambda: sim.subscribers("trades.BTC") == 1, 10)
         await asyncio.sleep(0.5)
         proc.send_signal(signal.SIGINT)
