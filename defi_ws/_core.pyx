@@ -729,7 +729,7 @@ cdef class FeedListener(WSListener):
             reason = PyUnicode_DecodeUTF8(ptr + 2, size - 2, NULL)
         self.close_code_received = code
         self.close_reason_received = reason
-        if not self.closing:
+        if not self.closing and not self._record_transport_close():
             # Peer-initiated: echo the code (1000 when none was given), then close.
             self.closing = True
             self.close_code_sent = CLOSE_NORMAL if code == 1005 else code
@@ -746,7 +746,7 @@ cdef class FeedListener(WSListener):
         self.violation = reason
         self._frag_opcode = 0
         self._frag_len = 0
-        if not self.closing:
+        if not self.closing and not self._record_transport_close():
             self.closing = True
             self.close_code_sent = code
             if self._wire is not None:
@@ -754,6 +754,17 @@ cdef class FeedListener(WSListener):
         if self._events is not None:
             self._events.on_violation(code, reason)
         return 0
+
+    cdef bint _record_transport_close(self) except -1:
+        """Whether the transport already sent CLOSE on its own (picows answers its
+        parser's errors itself, possibly before we see the frame before). If so, record
+        its code instead of claiming one: a second CLOSE would never leave anyway."""
+        handshake = getattr(self._wire, "close_handshake", None)
+        if handshake is None or handshake.sent is None:
+            return False
+        self.closing = True
+        self.close_code_sent = int(handshake.sent.code)
+        return True
 
     cdef int _violate_and_drop(self, int code, str reason) except -1:
         self._violate(code, reason)

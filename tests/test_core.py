@@ -477,3 +477,18 @@ async def test_peer_close_over_loopback_is_echoed() -> None:
 import picows  # noqa: E402  (used by the loopback cases above)
 
 _ = Opcode
+
+
+async def test_close_already_sent_by_picows_is_recorded_not_overwritten() -> None:
+    # CLOSE 1000 and a second, empty CLOSE in one write: picows' parser reads ahead,
+    # rejects the second one and sends 1002 itself before the listener sees the first.
+    async with ScriptServer() as server:
+        conn, events, _ = await connect(server)
+        peer = await server.next_peer()
+        peer.answer_close = False
+        peer.send_raw(raw_frame(0x88, (1000).to_bytes(2, "big")) + raw_frame(0x88, b""))
+        await peer.wait_frames(1)
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        assert peer.close_codes() == [1002]
+        assert conn.listener.close_code_sent == 1002  # what really went on the wire
+        assert conn.listener.close_code_received == 1000
