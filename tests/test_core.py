@@ -483,7 +483,7 @@ async def test_close_already_sent_by_picows_is_recorded_not_overwritten() -> Non
     # CLOSE 1000 and a second, empty CLOSE in one write: picows' parser reads ahead,
     # rejects the second one and sends 1002 itself before the listener sees the first.
     async with ScriptServer() as server:
-        conn, events, _ = await connect(server)
+        conn, _, _ = await connect(server)
         peer = await server.next_peer()
         peer.answer_close = False
         peer.send_raw(raw_frame(0x88, (1000).to_bytes(2, "big")) + raw_frame(0x88, b""))
