@@ -282,7 +282,12 @@ class FeedClient:
         self._ping = PingClock(self._heartbeat)
         self._stale = StaleClock(stale_after_s, topic_stale_after_s)
         self._rules = tuple(health_rules)
-        self._polling = bool(self._rules) or self._stale.enabled
+        # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
+        # the client's clock: the stale deadline is exact and needs no polling. Other
+        # clocks (tests), per-topic windows and health rules poll every tick_s.
+        self._exact_stamps = clock is time.monotonic
+        self._polling = bool(self._rules) or self._stale.per_topic or (
+            self._stale.enabled and not self._exact_stamps)
         self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
         self._topic_counts: dict[str, int] = {}
         self._errors_at_open = 0
@@ -853,10 +858,12 @@ class FeedClient:
                     self._outbound.send(conn, self._heartbeat.ping_payload())
         if self._lc.state is not State.LIVE:
             return
+        listener = conn.listener
         stale = self._stale.observe(
-            now, conn.listener.messages,
+            now, listener.messages,
             self._topic_counts if self._stale.topic_allowance_s else None,
             self._subs.confirmed(),
+            listener.last_data_ns / 1e9 if self._exact_stamps and listener.messages else None,
         )
         if stale is not None:
             self._local_disconnect = Disconnect(DisconnectReason.STALE, detail=stale)

@@ -149,7 +149,7 @@ class StaleClock:
 
     def observe(
         self, now: float, messages: int, topic_counts: Mapping[str, int] | None = None,
-        topics: tuple[str, ...] = (),
+        topics: tuple[str, ...] = (), last_data_at: float | None = None,
     ) -> str | None:
         """Record the counters at ``now``; return why the feed is stale, or None.
 
@@ -158,8 +158,14 @@ class StaleClock:
             messages: the hot path's data-message counter.
             topic_counts: per-topic message counters, when the handler tracks topics.
             topics: the confirmed topics whose clocks run.
+            last_data_at: when the last data message arrived, on this clock, if known
+                exactly (the hot path's receive stamp); else a moved counter means
+                "data since the last call" and is dated ``now``.
         """
-        if messages != self._last_count:
+        if last_data_at is not None:
+            self._last_count = messages
+            self._last_data_at = max(self._last_data_at, last_data_at)
+        elif messages != self._last_count:
             self._last_count = messages
             self._last_data_at = now
         if self.stale_after_s is not None and now - self._last_data_at >= self.stale_after_s:
@@ -180,8 +186,12 @@ class StaleClock:
     @property
     def enabled(self) -> bool:
         """Whether any clock is set (global or per topic)."""
-        return self.stale_after_s is not None or any(
-            a is not None for a in self.topic_allowance_s.values())
+        return self.stale_after_s is not None or self.per_topic
+
+    @property
+    def per_topic(self) -> bool:
+        """Whether per-topic clocks are set (they need periodic observation)."""
+        return any(a is not None for a in self.topic_allowance_s.values())
 
     def next_deadline(self) -> float | None:
         """When the global clock runs out if no data arrives (per-topic clocks are

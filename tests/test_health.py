@@ -290,3 +290,19 @@ def test_client_snapshot_shows_everything_on_a_live_connection() -> None:
         assert snap["recent_errors"][-1]["kind"] == "decode"
 
     run_virtual(main())
+
+
+def test_stale_clock_with_exact_receive_stamps() -> None:
+    clock = StaleClock(5.0)
+    clock.reset(100.0)
+    # Observed late (at 104.9) but the data really arrived at 100.5: the window
+    # runs from 100.5, not from the observation.
+    assert clock.observe(104.9, 1, last_data_at=100.5) is None
+    assert clock.next_deadline() == 105.5
+    assert clock.observe(105.4, 1, last_data_at=100.5) is None
+    verdict = clock.observe(105.5, 1, last_data_at=100.5)
+    assert verdict is not None and "5.000s" in verdict
+    # an older stamp never moves the clock back
+    clock.reset(200.0)
+    assert clock.observe(201.0, 2, last_data_at=150.0) is None
+    assert clock.next_deadline() == 205.0
