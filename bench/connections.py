@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory: VmRSS delta over connections 2..N (the first one warms code paths), "
         "so N = 1 has no per-connection figure",
         f"idle / active windows: {args.seconds}s each; CPU from time.process_time()",
-        "FeedClient: default heartbeat (WsPing 10 s), stale_after_s=600, tick_s=0.1, "
-        "default TlsConfig (its SSLContext is built even for ws:// URLs)",
+        "FeedClient: default heartbeat (WsPing 10 s), stale_after_s=600, tick_s=0.1",
     ])
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
