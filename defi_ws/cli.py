@@ -39,54 +39,54 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
     """Run the demo; return the process exit status."""
     from defi_ws.client import FeedClient
     from defi_ws.handler import JsonHandler
+    from defi_ws.heartbeat import WsPing
     from defi_ws.reconnect import ExponentialBackoff
     from defi_ws.testing import ExchangeSimulator
 
     received: Counter[str] = Counter()
-    gaps = 0
-    last_seq: dict[str, int] = {}
 
     def on_data(message: Any) -> None:
-        nonlocal gaps
-        topic = message.get("topic", "?")
-        received[topic] += 1
-        seq = message.get("seq")
-        if isinstance(seq, int):
-            previous = last_seq.get(topic)
-            if previous is not None and seq != previous + 1:
-                gaps += 1
-            last_seq[topic] = seq
+        received[message.get("topic", "?")] += 1
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value / 1e6:.2f}"
 
     fault_plan = ["drop_all", "close_all", "maintenance"]
     async with ExchangeSimulator(rate_per_s=rate_per_s) as sim:
         client = FeedClient(
-            JsonHandler(sim.url, on_data=on_data),
+            JsonHandler(sim.url, on_data=on_data, sequence_field="seq"),
             topics=TOPICS,
             reconnect=ExponentialBackoff(initial_s=0.2, max_s=2.0),
+            heartbeat=WsPing(interval_s=0.5, timeout_s=2.0),
+            stale_after_s=2.0,
             name="demo",
         )
         tty = sys.stdout.isatty()
         print(f"defi-ws demo: venue simulator at {sim.url}, topics {', '.join(TOPICS)}")
         print("faults every 3 s: " + (", ".join(fault_plan) if faults else "off"))
+        print("columns: state, messages, rate, heartbeat RTT p50/p99 (ms), reconnects, "
+              "sequence gaps, last disconnect reason")
         async with client:
             start = time.monotonic()
             next_fault = start + 3.0
             fault_index = 0
             previous_total = 0
             previous_t = start
-            while (now := time.monotonic()) - start < duration_s:
+            while time.monotonic() - start < duration_s:
                 await asyncio.sleep(0.5)
                 now = time.monotonic()
                 total = sum(received.values())
                 rate = (total - previous_total) / max(now - previous_t, 1e-9)
                 previous_total, previous_t = total, now
                 last = client.last_disconnect
+                rtt = client.health.rtt
                 line = (
-                    f"t={now - start:5.1f}s state={client.state.name:<14} msgs={total:>8} "
-                    f"rate={rate:>9,.0f}/s reconnects={client.health.reconnects} gaps={gaps} "
-                    f"last_disconnect={last.describe() if last else '-'}"
+                    f"t={now - start:5.1f}s {client.state.name:<14} msgs={total:>7} "
+                    f"rate={rate:>7,.0f}/s rtt={ms(rtt.percentile_ns(0.5))}/"
+                    f"{ms(rtt.percentile_ns(0.99))} reconnects={client.health.reconnects} "
+                    f"gaps={client.health.gaps} last={last.describe() if last else '-'}"
                 )
-                print(("\r" + line[:150].ljust(150)) if tty else line, end="" if tty else "\n",
+                print(("\r" + line[:160].ljust(160)) if tty else line, end="" if tty else "\n",
                       flush=True)
                 if faults and now >= next_fault:
                     fault = fault_plan[fault_index % len(fault_plan)]
@@ -100,12 +100,15 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
                         sim.maintenance()
             if tty:
                 print()
+        snap = client.snapshot()
         print("\nsummary")
         print(f"  messages received   {sum(received.values()):>10}")
         for topic in TOPICS:
             print(f"    {topic:<18}{received[topic]:>10}")
-        print(f"  reconnects          {client.health.reconnects:>10}")
-        print(f"  sequence gaps       {gaps:>10}")
+        print(f"  reconnects          {snap['reconnects']:>10}")
+        print(f"  sequence gaps       {snap['gaps']:>10}")
+        print(f"  heartbeat RTT ms    p50 {snap['rtt']['p50_ms']}  p99 {snap['rtt']['p99_ms']}  "
+              f"max {snap['rtt']['max_ms']}  ({snap['rtt']['count']} pongs)")
         for reason, count in client.health.disconnects.most_common():
             print(f"  disconnects {reason:<18}{count:>5}")
     return 0

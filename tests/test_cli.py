@@ -25,6 +25,8 @@ def test_demo_runs_with_faults_and_prints_a_summary() -> None:
     assert "summary" in done.stdout and "Traceback" not in done.stderr
     reconnects = next(line for line in done.stdout.splitlines() if "reconnects " in line)
     assert int(reconnects.split()[-1]) >= 1  # faults were injected and healed
+    rtt = next(line for line in done.stdout.splitlines() if "heartbeat RTT" in line)
+    assert "p50 None" not in rtt  # the live view and summary show heartbeat RTT
     assert done.stderr == ""  # library logs stay quiet without --verbose
 
 
