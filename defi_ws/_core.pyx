@@ -22,12 +22,12 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
-from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows cimport WSFrame, WSListener, WSTransport
 
 import os
 from collections import deque
@@ -54,7 +54,6 @@ cdef extern from "<time.h>" nogil:
 
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t ntohs(uint16_t)
-    uint16_t htons(uint16_t)
 
 
 # Opcodes (RFC 6455 section 5.2).

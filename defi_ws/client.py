@@ -291,6 +291,8 @@ class FeedClient:
         self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
         self._topic_counts: dict[str, int] = {}
         self._errors_at_open = 0
+        #: The data callback of the current connection (see ``_data_callback``).
+        self._deliver_data: Callable[[Any], object] = handler.on_message
         self._sequence_of: Callable[[Any], tuple[str, int] | None] | None = getattr(
             handler, "sequence_of", None
         )
@@ -601,8 +603,9 @@ class FeedClient:
         """One attempt: connect, auth, subscribe, live, until the connection ends."""
         attempt = self._lc.attempt
         url = self.handler.url(attempt)
+        self._deliver_data = self._data_callback()
         listener = FeedListener(
-            self._data_callback(),
+            self._deliver_data,
             self.handler.decode,
             _ConnectionEvents(self),
             on_control=self._on_control,
@@ -923,7 +926,7 @@ class FeedClient:
     def _on_control(self, message: Any) -> None:
         results = self.handler.classify(message)
         if not results:
-            getattr(self.handler, "data_sink", self.handler.on_message)(message)
+            self._deliver_data(message)  # data after all: same path as the hot path's
             return
         for result in results:
             if isinstance(result, AuthReply):

@@ -337,3 +337,23 @@ async def test_stop_before_start_and_twice_is_harmless() -> None:
 def test_redact_url_drops_query_and_credentials() -> None:
     url = "wss://user:pw@stream.venue.io:9443/ws/private?listenKey=SECRETKEY&signature=abc"
     assert redact_url(url) == "wss://stream.venue.io:9443/ws/private?<redacted>"
+
+
+def test_data_routed_through_classify_still_gets_gap_detection() -> None:
+    class ClassifyAll(JsonHandler):
+        control_prefixes = None  # every message goes through classify first
+
+    async def main() -> None:
+        venue = MemoryVenue()
+        got: list[Any] = []
+        gaps: list[Any] = []
+        handler = ClassifyAll("ws://venue", on_data=got.append, sequence_field="seq")
+        client = client_for(venue, handler, topics=["a"], on_gap=gaps.append)
+        async with client:
+            await client.wait_live(5)
+            for seq in (1, 2, 5):
+                venue.transport.current.server_send({"topic": "a", "seq": seq})
+        assert [m["seq"] for m in got] == [1, 2, 5]
+        assert [(g.topic, g.first_missing, g.last_missing) for g in gaps] == [("a", 3, 4)]
+
+    run_virtual(main())
