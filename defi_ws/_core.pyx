@@ -11,18 +11,31 @@ I/O decisions is the owner's (:class:`defi_ws.client.FeedClient`).
 The same logic is reachable without picows through :meth:`FeedListener.feed`, so other
 transports (and deterministic tests) drive exactly the code picows drives.
 
-Borrowed memory: the payload handed to ``decode`` is a read-only ``memoryview`` into
-picows' receive buffer for unfragmented messages (into the reassembly buffer for
-fragmented ones). It is valid only during the call; anything kept must be copied
-(``bytes(view)``). A view that is still referenced after the call is released, so late
-access raises ``ValueError`` instead of reading reused memory.
+Borrowed memory: the payload handed to ``decode`` is a read-only ``memoryview``. No
+object a user can keep ever reads reused or freed memory:
+
+- When ``decode`` is ``orjson.loads`` (the default), the view points straight into
+  picows' receive buffer (zero copy): orjson never keeps its argument and only the
+  decoded object reaches user code, so the view cannot escape.
+- Otherwise (``decode=None``, a custom callable, msgspec) the payload is copied into a
+  buffer the listener owns (one ``memcpy``, reused for every message) and the view
+  points there. Fragmented messages are reassembled into such a buffer in the first
+  place, so they need no extra copy.
+- After the call the listener checks, from a few fields of the view and of the buffer
+  (no allocation, no Python call), whether anything still refers to them: the view
+  itself, a slice, a cast, a memoryview of it, a buffer export (``msgspec.Raw``,
+  ``numpy.frombuffer``), the buffer object (``view.obj``) or a weak reference. If so,
+  the buffer is handed off: the kept objects own it from then on and it is never
+  written again; the listener takes a new one for the next message. What a user keeps
+  therefore keeps reading the bytes of its own message.
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -33,14 +46,29 @@ import os
 from collections import deque
 
 import orjson
+from picows import WSMsgType
+
+from defi_ws.errors import NotConnectedError
 
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
     Py_ssize_t refcount_of "Py_REFCNT"(PyObject* op)
     object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
-    Py_buffer* PyMemoryView_GET_BUFFER(object view)
+    object PyMemoryView_FromObject(object exporter)
     int PyBUF_READ
+    # CPython's memoryview layout (Include/cpython/memoryobject.h, unchanged 3.3-3.13):
+    # read to tell whether anything still refers to a view after the call.
+    ctypedef struct ManagedBuffer "_PyManagedBufferObject":
+        Py_ssize_t exports      # memoryviews registered on it (the view + slices/casts)
+    ctypedef struct MemoryView "PyMemoryViewObject":
+        ManagedBuffer* mbuf
+        Py_hash_t hash          # cached hash of a read-only view (-1: not computed)
+        int flags
+        Py_ssize_t exports      # buffer exports of this view (msgspec.Raw, numpy)
+        Py_buffer view
+        PyObject* weakreflist
+    int MEMORYVIEW_RELEASED "_Py_MEMORYVIEW_RELEASED"
 
 
 cdef extern from "<time.h>" nogil:
@@ -96,6 +124,7 @@ ERROR_POLICY_DISCONNECT = 1
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 _SHRINK_ABOVE = 1024 * 1024
+_SCRATCH_CAPACITY = 4096
 DEF MAX_CONTROL_PREFIXES = 8
 _MASK_POOL_SIZE = 4096
 
@@ -327,6 +356,147 @@ cdef class FrameEncoder:
         return out
 
 
+cdef char* _FORMAT_B = b"B"
+
+
+def decode_keeps_no_reference(decode):
+    """Whether ``decode`` provably keeps no reference to the view it is given.
+
+    Only then may the view point into the receive buffer (zero copy): user code sees
+    only the decoded result. True for ``orjson.loads`` and for the ``decode`` method of
+    a msgspec JSON/MessagePack ``Decoder`` whose type contains no ``msgspec.Raw`` and
+    no ``memoryview`` (the only msgspec results that alias the input). False for
+    anything else, including ``None`` (the view itself is delivered).
+    """
+    if decode is orjson.loads:
+        return True
+    owner = getattr(decode, "__self__", None)
+    if owner is None or getattr(decode, "__name__", None) != "decode":
+        return False
+    try:
+        import msgspec
+        import msgspec.inspect
+    except ImportError:
+        return False
+    if not isinstance(owner, (msgspec.json.Decoder, msgspec.msgpack.Decoder)):
+        return False
+    aliasing = (msgspec.inspect.RawType, msgspec.inspect.MemoryViewType)
+    seen = set()
+    todo = [msgspec.inspect.type_info(owner.type)]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, aliasing):
+            return False
+        if isinstance(node, (tuple, list)):
+            todo.extend(node)
+        elif isinstance(node, msgspec.Struct):
+            todo.extend(getattr(node, name) for name in node.__struct_fields__)
+    return True
+
+
+@cython.auto_pickle(False)
+cdef class _Payload:
+    """Memory a delivered payload lives in, exported as a read-only byte buffer.
+
+    A listener writes into it only while nothing outside the listener refers to it;
+    once something does (see :meth:`FeedListener._keep_or_hand_off`), the listener lets
+    go of it and the keepers own it until the last export is released.
+    """
+
+    cdef char* data
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t length
+    cdef Py_ssize_t exports
+    cdef bint open_for_export
+
+    def __cinit__(self, Py_ssize_t capacity):
+        self.data = <char*>PyMem_Malloc(capacity if capacity > 0 else 1)
+        if self.data == NULL:
+            raise MemoryError()
+        self.capacity = capacity
+        self.length = 0
+        self.exports = 0
+        self.open_for_export = False
+
+    def __dealloc__(self):
+        PyMem_Free(self.data)
+
+    cdef int reserve(self, Py_ssize_t needed, Py_ssize_t limit) except -1:
+        """Grow to hold ``needed`` bytes (only while nothing is exported)."""
+        cdef Py_ssize_t new_cap
+        cdef char* grown
+        if needed <= self.capacity:
+            return 0
+        if self.exports != 0:
+            raise BufferError("cannot grow an exported payload buffer")
+        new_cap = max(needed, 2 * self.capacity, 4096)
+        if new_cap > limit:
+            new_cap = max(limit, needed)
+        grown = <char*>PyMem_Realloc(self.data, new_cap)
+        if grown == NULL:
+            raise MemoryError()
+        self.data = grown
+        self.capacity = new_cap
+        return 0
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        # Only the listener's own view is made from this object directly; everything
+        # else goes through that view, so the listener sees it (``view.obj`` held by a
+        # user gives no access to memory).
+        if not self.open_for_export:
+            raise BufferError("a borrowed payload cannot be exported again after its "
+                              "call; keep bytes(view) or the view itself instead")
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a borrowed payload is read-only")
+        buffer.buf = self.data
+        buffer.obj = self
+        buffer.len = self.length
+        buffer.readonly = 1
+        buffer.itemsize = 1
+        buffer.format = _FORMAT_B if (flags & PyBUF_FORMAT) == PyBUF_FORMAT else NULL
+        buffer.ndim = 1
+        buffer.shape = &buffer.len if (flags & PyBUF_ND) == PyBUF_ND else NULL
+        buffer.strides = &buffer.itemsize if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+        self.exports += 1
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        self.exports -= 1
+
+
+cdef inline object _view_of(_Payload payload):
+    """A read-only memoryview of ``payload[:payload.length]`` (its one direct export)."""
+    payload.open_for_export = True
+    try:
+        return PyMemoryView_FromObject(payload)
+    finally:
+        payload.open_for_export = False
+
+
+cdef inline void _repoint(object view, char* ptr, Py_ssize_t size) noexcept:
+    """Point a view that nothing else refers to at ``ptr[:size]``."""
+    cdef MemoryView* mv = <MemoryView*>view
+    mv.view.buf = ptr
+    mv.view.len = size
+    mv.view.shape[0] = size
+    mv.hash = -1
+
+
+cdef inline bint _view_escaped(PyObject* view) noexcept:
+    """Whether anything but its one owner refers to ``view`` or shares its buffer.
+
+    Takes a raw pointer: passing the attribute as an object would add a reference.
+    """
+    cdef MemoryView* mv = <MemoryView*>view
+    return (refcount_of(view) > 1 or mv.exports != 0 or mv.mbuf.exports != 1
+            or mv.weakreflist != NULL or (mv.flags & MEMORYVIEW_RELEASED) != 0)
+
+
+@cython.auto_pickle(False)
 cdef class FeedListener(WSListener):
     """Per-connection frame handler: counters, RFC 6455 rules, reassembly, decode.
 
@@ -339,8 +509,11 @@ cdef class FeedListener(WSListener):
             messages without decoding them (health-only, no Python call per frame).
         decode: called with a read-only ``memoryview`` of each complete data
             message; its result goes to ``on_message``. ``None`` passes the
-            memoryview itself. The memoryview borrows the receive buffer and is
-            valid only during the call: copy anything you keep.
+            memoryview itself. With ``orjson.loads`` (the default) the view points
+            into the receive buffer (zero copy, see :attr:`zero_copy`); otherwise
+            into a buffer the listener owns. Anything kept of the view (slices,
+            casts, exports) keeps reading its own message: the listener hands the
+            buffer off instead of reusing it (see the module docstring).
         events: the owner's control hooks (see :class:`defi_ws.transport.ListenerEvents`):
             ``on_open()``, ``on_pong(recv_ns, payload)``, ``on_close_received(code, reason)``,
             ``on_violation(code, reason)``, ``on_handler_error(stage, exc)``,
@@ -358,6 +531,17 @@ cdef class FeedListener(WSListener):
             closes the connection with 1011.
         errors: a bounded ``deque`` receiving ``(ts_ns, stage, message)`` for
             each decode/callback error; a new one (64 entries) if ``None``.
+
+    Attributes:
+        message_opcode: the opcode of the message being delivered (1 TEXT, 2 BINARY),
+            valid during ``decode``/``on_message``/``on_control``; :meth:`reply`
+            answers with it by default.
+        wire: the object this connection's frames are sent on (a picows
+            ``WSTransport`` or a memory wire); ``None`` before ``attach``.
+        zero_copy: whether ``decode`` reads single-frame payloads in place in the
+            receive buffer (only for ``orjson.loads``, which never keeps its input).
+        frames, messages, bytes_received, control_messages, pongs, decode_errors,
+            callback_errors: counters since the connection opened (read-only).
     """
 
     # --- counters (read by Health; never reset during a connection) ---
@@ -393,7 +577,11 @@ cdef class FeedListener(WSListener):
     cdef Py_ssize_t _prefix_len[MAX_CONTROL_PREFIXES]
     cdef int _prefix_count
     cdef bint _control_all
-    cdef object _view
+    cdef readonly bint zero_copy
+    cdef object _direct_view        # zero-copy: re-pointed into the receive buffer
+    cdef _Payload _scratch          # copy target of single-frame payloads
+    cdef object _scratch_view       # the one view of _scratch, re-pointed per message
+    cdef object _owned_view         # view of a reassembled/large message, per message
     cdef object _events
     cdef readonly object errors
     cdef bytes _app_pong
@@ -405,14 +593,7 @@ cdef class FeedListener(WSListener):
     cdef int64_t _now
     cdef int _frag_opcode
     cdef int _frag_utf8
-    cdef char* _frag_buf
-    cdef Py_ssize_t _frag_len
-    cdef Py_ssize_t _frag_cap
-
-    def __cinit__(self):
-        self._frag_buf = NULL
-        self._frag_len = 0
-        self._frag_cap = 0
+    cdef _Payload _frag             # reassembly buffer (None until needed)
 
     def __init__(self, on_message, decode=orjson.loads, events=None, *,
                  on_control=None, control_prefixes=None,
@@ -423,6 +604,8 @@ cdef class FeedListener(WSListener):
             raise ValueError("max_message_size must be > 0")
         self._on_message = on_message
         self._decode = decode
+        self.zero_copy = decode_keeps_no_reference(decode)
+        self._scratch = _Payload(_SCRATCH_CAPACITY)
         self._events = events
         self._on_control = on_control
         self._control_all = on_control is not None and control_prefixes is None
@@ -450,11 +633,6 @@ cdef class FeedListener(WSListener):
         self.violation = None
         self.closing = False
 
-    def __dealloc__(self):
-        if self._frag_buf != NULL:
-            PyMem_Free(self._frag_buf)
-            self._frag_buf = NULL
-
     def set_app_pong(self, pattern, bint exact=True):
         """Recognise application-level pongs by their raw bytes.
 
@@ -476,6 +654,41 @@ cdef class FeedListener(WSListener):
     def in_fragmented_message(self):
         """Whether a fragmented message is being reassembled."""
         return self._frag_opcode != 0
+
+    @property
+    def view_address(self):
+        """Address the view of the latest single-frame message pointed at (0 if none).
+
+        With :attr:`zero_copy` it equals :attr:`last_payload_addr` (the receive buffer);
+        otherwise it is the listener's own buffer. For zero-copy checks and debugging.
+        """
+        cdef object view = self._direct_view if self.zero_copy else self._scratch_view
+        if view is None:
+            return 0
+        return <size_t>(<MemoryView*>view).view.buf
+
+    def reply(self, payload, binary=None):
+        """Send one data message on this listener's connection (an echo or an answer).
+
+        Args:
+            payload: ``bytes``-like or ``str`` (sent as UTF-8).
+            binary: ``True`` for a BINARY frame, ``False`` for TEXT; ``None`` (the
+                default) uses the opcode of the message being delivered
+                (:attr:`message_opcode`), TEXT outside a delivery.
+
+        Raises:
+            NotConnectedError: no connection is open, or it is closing.
+        """
+        cdef int opcode
+        if binary is None:
+            opcode = OP_BINARY if self.message_opcode == OP_BINARY else OP_TEXT
+        else:
+            opcode = OP_BINARY if binary else OP_TEXT
+        if self._wire is None or self.closing:
+            raise NotConnectedError("no open connection to reply on")
+        if isinstance(payload, str):
+            payload = PyUnicode_AsUTF8String(payload)
+        self._wire.send(WSMsgType(opcode), payload)
 
     # ------------------------------------------------------------------ picows API
 
@@ -515,7 +728,8 @@ cdef class FeedListener(WSListener):
     def detach(self):
         """End the connection (called by the transport once closed)."""
         self._frag_opcode = 0
-        self._frag_len = 0
+        if self._frag is not None:
+            self._frag.length = 0
         if self._events is not None:
             self._events.on_disconnected()
 
@@ -561,9 +775,11 @@ cdef class FeedListener(WSListener):
                         and utf8_step(UTF8_OK, <const uint8_t*>ptr, size) != UTF8_OK):
                     return self._violate(CLOSE_INVALID_TEXT, "text message is not valid UTF-8")
                 self.message_opcode = opcode
-                return self._deliver(ptr, size)
+                return self._deliver(ptr, size, None)
             self._frag_opcode = opcode
-            self._frag_len = 0
+            if self._frag is None:
+                self._frag = _Payload(0)
+            self._frag.length = 0
             self._frag_utf8 = UTF8_OK
             return self._append_fragment(ptr, size, False)
         if opcode == OP_CONT:
@@ -574,9 +790,8 @@ cdef class FeedListener(WSListener):
         return self._control(opcode, ptr, size, fin)
 
     cdef int _append_fragment(self, char* ptr, Py_ssize_t size, bint fin) except -1:
-        cdef Py_ssize_t needed = self._frag_len + size
-        cdef Py_ssize_t new_cap
-        cdef char* grown
+        cdef _Payload frag = self._frag
+        cdef Py_ssize_t needed = frag.length + size
         if needed > self.max_message_size:
             return self._violate(CLOSE_TOO_BIG, "fragmented message exceeds max_message_size")
         if self._frag_opcode == OP_TEXT and self.validate_utf8:
@@ -584,58 +799,75 @@ cdef class FeedListener(WSListener):
             self._frag_utf8 = utf8_step(self._frag_utf8, <const uint8_t*>ptr, size)
             if self._frag_utf8 == UTF8_BAD or (fin and self._frag_utf8 != UTF8_OK):
                 return self._violate(CLOSE_INVALID_TEXT, "text message is not valid UTF-8")
-        if needed > self._frag_cap:
-            new_cap = max(needed, 2 * self._frag_cap, 4096)
-            if new_cap > self.max_message_size:
-                new_cap = self.max_message_size
-            grown = <char*>PyMem_Realloc(self._frag_buf, new_cap)
-            if grown == NULL:
-                raise MemoryError()
-            self._frag_buf = grown
-            self._frag_cap = new_cap
-        memcpy(self._frag_buf + self._frag_len, ptr, size)
-        self._frag_len = needed
+        frag.reserve(needed, self.max_message_size)
+        memcpy(frag.data + frag.length, ptr, size)
+        frag.length = needed
         if not fin:
             return 0
         self.message_opcode = self._frag_opcode
         self._frag_opcode = 0
-        self._deliver(self._frag_buf, self._frag_len)
-        self._frag_len = 0
-        if self._frag_cap > _SHRINK_ABOVE:
-            PyMem_Free(self._frag_buf)
-            self._frag_buf = NULL
-            self._frag_cap = 0
+        self._deliver(frag.data, frag.length, frag)
+        if self._frag is frag:
+            frag.length = 0
+            if frag.capacity > _SHRINK_ABOVE:
+                self._frag = None   # give a large buffer back
         return 0
 
-    cdef inline object _borrow_view(self, char* ptr, Py_ssize_t size):
-        """A read-only memoryview of ``ptr[:size]``, reusing one object per listener.
+    cdef inline object _borrow_view(self, char* ptr, Py_ssize_t size, _Payload owned):
+        """A read-only memoryview of the payload, safe whatever the user keeps.
 
-        Re-pointing the view's buffer saves allocating a memoryview per message. A
-        view the user kept is never re-pointed: :meth:`_return_view` released it.
+        ``owned`` is the buffer a reassembled message already lives in (``None`` for a
+        single frame in the receive buffer). Views are reused while nothing escapes:
+        re-pointing one saves allocating a memoryview per message.
         """
-        cdef Py_buffer* buf
-        if self._view is None:
-            self._view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
-            return self._view
-        buf = PyMemoryView_GET_BUFFER(self._view)
-        buf.buf = ptr
-        buf.len = size
-        buf.shape[0] = size
-        return self._view
+        cdef _Payload scratch
+        if owned is None and self.zero_copy:
+            if self._direct_view is None:
+                self._direct_view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
+            else:
+                _repoint(self._direct_view, ptr, size)
+            return self._direct_view
+        if owned is None and size > _SHRINK_ABOVE:
+            # A large single frame: its own buffer, not a scratch grown for good.
+            owned = _Payload(size)
+            memcpy(owned.data, ptr, size)
+            owned.length = size
+        if owned is not None:
+            self._owned_view = _view_of(owned)
+            return self._owned_view
+        scratch = self._scratch
+        if size > scratch.capacity:
+            scratch = self._scratch = _Payload(max(size, 2 * scratch.capacity))
+            self._scratch_view = None
+        memcpy(scratch.data, ptr, size)
+        scratch.length = size
+        if self._scratch_view is None:
+            self._scratch_view = _view_of(scratch)
+        else:
+            _repoint(self._scratch_view, scratch.data, size)
+        return self._scratch_view
 
-    cdef inline int _return_view(self) except -1:
-        """After the callbacks: a view still referenced elsewhere is released (late
-        access raises ValueError instead of reading reused memory) and replaced."""
-        # Through a raw pointer: reading the attribute as an object would add a ref.
-        if refcount_of(<PyObject*>self._view) > 1:
-            try:
-                self._view.release()
-            except BufferError:
-                pass  # a slice of it is still exported; it will never be re-pointed
-            self._view = None
+    cdef inline int _return_view(self, _Payload owned) except -1:
+        """After the callbacks: hand off whatever the user kept.
+
+        If anything still refers to the view or shares its buffer, the listener lets
+        go of that buffer (the keepers own it now; it is never written again) and
+        takes a fresh one for the next message. Reads fields only: no Python call.
+        """
+        if self._owned_view is not None:
+            if owned is self._frag and _view_escaped(<PyObject*>self._owned_view):
+                self._frag = None
+            self._owned_view = None
+        elif self.zero_copy:
+            if self._direct_view is not None and _view_escaped(<PyObject*>self._direct_view):
+                # Unreachable with orjson.loads; never re-point a view someone holds.
+                self._direct_view = None
+        elif self._scratch_view is not None and _view_escaped(<PyObject*>self._scratch_view):
+            self._scratch = _Payload(self._scratch.capacity)
+            self._scratch_view = None
         return 0
 
-    cdef int _deliver(self, char* ptr, Py_ssize_t size) except -1:
+    cdef int _deliver(self, char* ptr, Py_ssize_t size, _Payload owned) except -1:
         cdef Py_ssize_t plen
         cdef bint control = False
         cdef int i
@@ -661,7 +893,7 @@ cdef class FeedListener(WSListener):
             self.messages += 1
             self.last_data_ns = self._now
             return 0
-        cdef object view = self._borrow_view(ptr, size)
+        cdef object view = self._borrow_view(ptr, size, owned)
         cdef object decoded
         try:
             if self._decode is None:
@@ -692,7 +924,7 @@ cdef class FeedListener(WSListener):
         finally:
             decoded = None
             view = None
-            self._return_view()
+            self._return_view(owned)
 
     cdef int _control(self, int opcode, char* ptr, Py_ssize_t size, bint fin) except -1:
         cdef int code
@@ -744,7 +976,8 @@ cdef class FeedListener(WSListener):
         """Record a protocol violation, start the closing handshake, tell the owner."""
         self.violation = reason
         self._frag_opcode = 0
-        self._frag_len = 0
+        if self._frag is not None:
+            self._frag.length = 0
         if not self.closing and not self._record_transport_close():
             self.closing = True
             self.close_code_sent = code

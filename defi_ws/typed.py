@@ -21,10 +21,12 @@ Example::
         # acks ({"event": ...}) fail validation as Trade and fall back to dicts
         decode = staticmethod(struct_decoder(Trade, fallback=orjson.loads))
 
-Borrowed memory: the decoder reads the borrowed ``memoryview`` in place (msgspec takes
-a read-only buffer of it; nothing is copied). ``str``/``int``/``float`` fields are new
-objects, but a ``msgspec.Raw`` field keeps pointing into the receive buffer: convert it
-(``bytes(raw)``) inside the callback or do not use ``Raw`` fields.
+Borrowed memory: without ``fallback``, a decoder for a type with no ``msgspec.Raw`` and
+no ``memoryview`` anywhere in it reads the payload in place in the receive buffer (zero
+copy: such a result never aliases its input, see
+:func:`defi_ws._core.decode_keeps_no_reference`). Any other decoder (``Raw`` fields, a
+``fallback`` wrapper) reads a copy the listener owns; a ``Raw`` that outlives the call
+keeps that copy alive and reads its own message's bytes.
 """
 
 from __future__ import annotations

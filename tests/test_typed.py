@@ -62,14 +62,15 @@ def test_struct_decoder_is_msgspecs_decode_without_a_wrapper() -> None:
 
 def test_feed_delivers_structs_decoded_in_place() -> None:
     got: list[Any] = []
-    addresses: list[int] = []
-    inner = struct_decoder(Trade)
+    addresses: list[tuple[int, int]] = []
+    listener: FeedListener
 
-    def probe(view: memoryview) -> Any:
-        addresses.append(buffer_address(view))
-        return inner(view)
+    def on_message(trade: Trade) -> None:
+        got.append(trade)
+        addresses.append((listener.view_address, listener.last_payload_addr))
 
-    listener = FeedListener(got.append, decode=probe)
+    listener = FeedListener(on_message, decode=struct_decoder(Trade))
+    assert listener.zero_copy  # a Struct without Raw fields never aliases its input
     payloads = [orjson.dumps({**TRADE, "t": i, "p": f"{60000 + i}.5"}) for i in range(50)]
     for payload in payloads:
         listener.feed(TEXT, payload)
@@ -77,7 +78,16 @@ def test_feed_delivers_structs_decoded_in_place() -> None:
     assert all(isinstance(t, Trade) for t in got)
     assert listener.messages == 50 and listener.decode_errors == 0
     # The decoder saw the caller's buffer itself (no copy on the way in).
-    assert addresses[-1] == buffer_address(payloads[-1])
+    assert addresses[-1] == (buffer_address(payloads[-1]),) * 2
+
+
+def test_raw_fields_turn_zero_copy_off() -> None:
+    class Envelope(msgspec.Struct):
+        stream: str
+        data: msgspec.Raw
+
+    listener = FeedListener(lambda m: None, decode=struct_decoder(Envelope))
+    assert not listener.zero_copy  # Raw aliases its input: decode reads a copy
 
 
 def test_malformed_and_invalid_messages_count_as_decode_errors() -> None:
