@@ -123,8 +123,9 @@ ERROR_POLICY_CONTINUE = 0
 ERROR_POLICY_DISCONNECT = 1
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-_SHRINK_ABOVE = 1024 * 1024
-_SCRATCH_CAPACITY = 4096
+cdef enum:
+    _SHRINK_ABOVE = 1024 * 1024     # reassembly/scratch buffers above this are given back
+    _SCRATCH_CAPACITY = 4096        # initial copy buffer of single-frame payloads
 DEF MAX_CONTROL_PREFIXES = 8
 _MASK_POOL_SIZE = 4096
 
@@ -821,11 +822,26 @@ cdef class FeedListener(WSListener):
         re-pointing one saves allocating a memoryview per message.
         """
         cdef _Payload scratch
-        if owned is None and self.zero_copy:
-            if self._direct_view is None:
-                self._direct_view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
+        if owned is None:
+            if self.zero_copy:
+                if self._direct_view is not None:
+                    _repoint(self._direct_view, ptr, size)
+                    return self._direct_view
             else:
-                _repoint(self._direct_view, ptr, size)
+                scratch = self._scratch
+                if self._scratch_view is not None and size <= scratch.capacity:
+                    memcpy(scratch.data, ptr, size)
+                    scratch.length = size
+                    _repoint(self._scratch_view, scratch.data, size)
+                    return self._scratch_view
+        return self._new_view(ptr, size, owned)
+
+    cdef object _new_view(self, char* ptr, Py_ssize_t size, _Payload owned):
+        """:meth:`_borrow_view` when no reusable view fits (first message, growth,
+        after a hand-off, reassembled or large messages)."""
+        cdef _Payload scratch
+        if owned is None and self.zero_copy:
+            self._direct_view = PyMemoryView_FromMemory(ptr, size, PyBUF_READ)
             return self._direct_view
         if owned is None and size > _SHRINK_ABOVE:
             # A large single frame: its own buffer, not a scratch grown for good.
@@ -838,13 +854,9 @@ cdef class FeedListener(WSListener):
         scratch = self._scratch
         if size > scratch.capacity:
             scratch = self._scratch = _Payload(max(size, 2 * scratch.capacity))
-            self._scratch_view = None
         memcpy(scratch.data, ptr, size)
         scratch.length = size
-        if self._scratch_view is None:
-            self._scratch_view = _view_of(scratch)
-        else:
-            _repoint(self._scratch_view, scratch.data, size)
+        self._scratch_view = _view_of(scratch)
         return self._scratch_view
 
     cdef inline int _return_view(self, _Payload owned) except -1:
