@@ -146,10 +146,14 @@ async def run_tail(args: argparse.Namespace) -> int:
     from defi_ws.handler import JsonHandler
     from defi_ws.reconnect import ExponentialBackoff
     from defi_ws.transport import redact_url
+    from defi_ws.urls import url_config_problem
 
     url: str = args.url
     if not url.startswith(("ws://", "wss://")):
         raise CliError(f"URL must start with ws:// or wss://, got {redact_url(url)!r}")
+    problem = url_config_problem(url, "URL")
+    if problem is not None:
+        raise CliError(problem)
     subscribe: list[Any] = []
     for text in args.subscribe:
         try:

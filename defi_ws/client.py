@@ -22,6 +22,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import math
 import ssl
 import time
 from collections import deque
@@ -32,6 +33,7 @@ import picows
 
 from defi_ws import _compat
 from defi_ws._core import ERROR_POLICY_CONTINUE, ERROR_POLICY_DISCONNECT, FeedListener, now_ns
+from defi_ws.connect_errors import cap_retry_after, with_url_context
 from defi_ws.errors import (
     ConfigError,
     ConnectError,
@@ -40,7 +42,7 @@ from defi_ws.errors import (
     NotConnectedError,
     SendQueueFull,
 )
-from defi_ws.handler import Ack, AuthReply, ExchangeHandler, chunked
+from defi_ws.handler import Ack, AuthReply, ExchangeHandler, JsonHandler, chunked
 from defi_ws.health import Health, HealthRule, RttHistogram, StaleClock
 from defi_ws.heartbeat import HeartbeatKind, HeartbeatStrategy, PingClock, WsPing
 from defi_ws.lifecycle import (
@@ -66,6 +68,7 @@ from defi_ws.transport import (
     Transport,
     redact_url,
 )
+from defi_ws.urls import is_secure_url, url_config_problem, url_problem
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
@@ -154,6 +157,8 @@ class FeedClient:
         ack_timeout_s: limit for each topic's subscribe ack.
         close_timeout_s: limit for the closing handshake before the socket is aborted.
         stable_after_s: a connection LIVE this long resets the attempt count.
+        max_retry_after_s: the longest ``Retry-After`` of a refused upgrade that is
+            honoured (longer ones are capped to it; a finite number > 0).
         tick_s: longest sleep of the connection loop (watchdog resolution).
         max_message_size: largest inbound message (close 1009 above).
         outbound_rate_per_s: outbound messages per second per connection (None:
@@ -197,6 +202,7 @@ class FeedClient:
         ack_timeout_s: float = 10.0,
         close_timeout_s: float = 2.0,
         stable_after_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
         tick_s: float = 0.1,
         max_message_size: int = 16 * 1024 * 1024,
         outbound_rate_per_s: float | None = None,
@@ -231,6 +237,12 @@ class FeedClient:
                 problems.append(f"{label} must be > 0, got {value!r}")
         if stable_after_s < 0:
             problems.append(f"stable_after_s must be >= 0, got {stable_after_s!r}")
+        if not (isinstance(max_retry_after_s, int | float) and not isinstance(
+                max_retry_after_s, bool) and 0 < max_retry_after_s < math.inf):
+            problems.append(
+                f"max_retry_after_s must be a finite number > 0, got {max_retry_after_s!r}")
+        if isinstance(handler, JsonHandler) and type(handler).url is JsonHandler.url:
+            problems.extend(filter(None, [url_config_problem(handler.url(0), "handler url")]))
         if max_message_size < 1:
             problems.append(f"max_message_size must be >= 1, got {max_message_size!r}")
         if max_queued_messages < 1:
@@ -253,6 +265,7 @@ class FeedClient:
         self._subs = SubscriptionSet(ack_timeout_s)
         self._subs.add(topics)
         self._connect_timeout_s = connect_timeout_s
+        self._max_retry_after_s = float(max_retry_after_s)
         self._auth_timeout_s = auth_timeout_s
         self._close_timeout_s = close_timeout_s
         self._tick_s = tick_s
@@ -368,7 +381,20 @@ class FeedClient:
             topics_desired=len(self._subs.desired),
             topics_confirmed=len(self._subs.confirmed()),
             topics_pending=len(self._subs.pending()),
+            **self._backoff_snapshot(),
         )
+
+    def _backoff_snapshot(self) -> dict[str, float | None]:
+        """The honoured Retry-After of the last disconnect and the current backoff."""
+        last = self._lc.last_disconnect
+        wait: Wait | None = getattr(self, "_pending_wait", None)
+        backoff_s = None
+        if self._lc.state is State.BACKOFF and wait is not None and wait.disconnect is last:
+            backoff_s = wait.delay_s
+        return {
+            "retry_after_s": None if last is None else last.retry_after_s,
+            "backoff_s": backoff_s,
+        }
 
     def __repr__(self) -> str:
         return f"<FeedClient {self.name!r} state={self._lc.state.name}>"
@@ -603,6 +629,11 @@ class FeedClient:
         """One attempt: connect, auth, subscribe, live, until the connection ends."""
         attempt = self._lc.attempt
         url = self.handler.url(attempt)
+        problem = url_problem(url)
+        if problem is not None:  # retrying cannot fix it: fatal (reason INVALID_URL)
+            self._lost(Disconnect(DisconnectReason.INVALID_URL, detail=(
+                f"handler.url({attempt}) returned {redact_url(str(url))!r}: {problem}")))
+            return
         self._deliver_data = self._data_callback()
         listener = FeedListener(
             self._deliver_data,
@@ -620,16 +651,17 @@ class FeedClient:
         self._local_disconnect = None
         self._auth_reply = None
         options = self._options
-        if url.startswith("wss:"):
+        if is_secure_url(url):
             options = dataclasses.replace(options, ssl_context=_ssl_context(self._tls))
         try:
             async with _compat.timeout(self._connect_timeout_s + 1.0):
                 conn = await self._transport.connect(url, listener, options)
         except ConnectError as exc:
-            self._lost(exc.disconnect)
+            self._lost(with_url_context(exc, url))
             return
         except TimeoutError:
-            self._lost(Disconnect(DisconnectReason.CONNECT_FAILED, detail="connect timed out"))
+            self._lost(Disconnect(DisconnectReason.CONNECT_FAILED, detail=(
+                f"connect timed out after {self._connect_timeout_s + 1.0:g} s")))
             return
         log.debug("%s: connected to %s", self.name, redact_url(url))
         self._conn = conn
@@ -660,6 +692,7 @@ class FeedClient:
         log.log(level, "%s: disconnected: %s", self.name, disconnect.describe())
 
     def _lost(self, disconnect: Disconnect) -> None:
+        disconnect = cap_retry_after(disconnect, self._max_retry_after_s)
         self._record(disconnect)
         before = self._lc.state
         actions = self._step(self._lc.lost(self._clock(), disconnect), before)

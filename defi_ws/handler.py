@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from defi_ws.urls import check_url
+
 __all__ = [
     "Ack",
     "AuthReply",
@@ -77,7 +79,11 @@ class ExchangeHandler(Protocol):
     max_topics_per_message: int
 
     def url(self, attempt: int) -> str:
-        """The URL for this attempt (signed URLs and endpoint lists may vary it)."""
+        """The URL for this attempt (signed URLs and endpoint lists may vary it).
+
+        It must be a ``ws://`` or ``wss://`` URL with a host; any other string ends
+        the feed with a fatal ``INVALID_URL`` disconnect.
+        """
 
     def on_connection(self) -> None:
         """A new connection is about to authenticate: reset per-connection state."""
@@ -117,12 +123,17 @@ class JsonHandler:
         <- {"topic": "trades.BTC", "seq": 1, "data": {...}}
 
     Args:
-        url: the venue's WebSocket URL.
+        url: the venue's WebSocket URL (``ws://`` or ``wss://``); checked here unless
+            a subclass overrides :meth:`url`.
         on_data: called with each data message (default: :meth:`on_message` does
             nothing; subclasses override it instead).
         max_topics_per_message: most topics per subscribe message.
         sequence_field: the field holding a per-topic sequence number (e.g.
             ``"seq"``); when set, gaps are detected and reported (``on_gap``).
+
+    Raises:
+        ConfigError: ``url`` is not a usable WebSocket URL (the message names the
+            problem and shows the URL without its query string).
     """
 
     decode: Callable[[memoryview], Any] | None = staticmethod(orjson.loads)
@@ -136,6 +147,8 @@ class JsonHandler:
         max_topics_per_message: int = 50,
         sequence_field: str | None = None,
     ) -> None:
+        if type(self).url is JsonHandler.url:  # an overridden url() makes its own URLs
+            check_url(url, what=f"{type(self).__name__} url")
         self._url = url
         self._on_data = on_data
         self.max_topics_per_message = max_topics_per_message

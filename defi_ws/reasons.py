@@ -42,6 +42,7 @@ class DisconnectReason(enum.Enum):
     PROTOCOL_ERROR = ("protocol_error", True, True)
     HEALTH_POLICY = ("health_policy", True, False)
     ROTATION = ("rotation", True, False)
+    INVALID_URL = ("invalid_url", False, False)
 
     def __init__(self, label: str, retryable: bool, peer_caused: bool) -> None:
         self.label = label
@@ -64,7 +65,9 @@ class Disconnect:
         reason: the classified cause.
         close_code: the WebSocket close code received or sent, if any.
         http_status: the HTTP status of a refused handshake, if any.
-        retry_after_s: the delay the venue asked for (Retry-After), if any.
+        retry_after_s: the delay the venue asked for (Retry-After), if any; once
+            recorded by a FeedClient, the delay honoured (at most its
+            ``max_retry_after_s``).
         detail: a short human-readable description; never contains secrets.
         retryable: overrides the reason's default retryability when not None
             (an auth *timeout* is retryable, an auth *rejection* is not).
@@ -100,8 +103,8 @@ def default_is_retryable(disconnect: Disconnect) -> bool:
 
     Returns:
         The disconnect's own ``retryable`` when set; else False for local stops,
-        TLS failures, failed auth and handshakes refused with 400/401/403/404, and
-        the reason's default otherwise.
+        certificate failures (TLS_FAILURE), invalid URLs, failed auth and handshakes
+        refused with 400/401/403/404, and the reason's default otherwise.
     """
     if disconnect.retryable is not None:
         return disconnect.retryable

@@ -57,6 +57,7 @@ async def test_tail_streams_reconnects_and_exits_cleanly_on_ctrl_c() -> None:
 
 @pytest.mark.parametrize("args,needle", [
     (["tail", "http://example.com"], "must start with ws://"),
+    (["tail", "ws://127.0.0.1:notaport/?key=SECRET"], "port 'notaport'"),
     (["tail", "ws://127.0.0.1:1/", "--subscribe", "{not json"], "--subscribe: not valid JSON"),
     (["tail", "ws://127.0.0.1:1/", "--ping", "carrier-pigeon"], "--ping"),
     (["tail", "ws://127.0.0.1:1/", "--retries", "1"], "connect_failed"),
@@ -66,4 +67,4 @@ def test_errors_are_one_line_and_non_zero(args: list[str], needle: str) -> None:
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("defi-ws: error:")
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "SECRET" not in done.stderr

@@ -89,6 +89,7 @@ import picows
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from defi_ws import _compat
+from defi_ws._picows_log import PicowsLog
 from defi_ws.testing.frames import Opcode, build_frame
 
 __all__ = [
@@ -1107,7 +1108,7 @@ class ExchangeSimulator:
             None,  # ws_path
             False,  # is_client_side
             self._upgrade,
-            _PICOWS_LOG,
+            PicowsLog(_PICOWS_LOG),  # one logger name, no query or header values
             True,  # disconnect_on_exception
             5.0,  # websocket_handshake_timeout
             False,  # enable_auto_ping
