@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -56,6 +56,8 @@ class AuthReply:
     ok: bool
     detail: str = ""
 
+
+T = TypeVar("T")
 
 #: What ``classify`` reports about one message.
 Control = Ack | AuthReply
@@ -98,7 +100,7 @@ class ExchangeHandler(Protocol):
         """Receive one data message."""
 
 
-def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+def chunked(items: Sequence[T], size: int) -> list[list[T]]:
     """Split ``items`` into lists of at most ``size``."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
