@@ -140,9 +140,11 @@ class SendMessages:
 
 @dataclass(frozen=True, slots=True)
 class SendPing:
-    """Send a PING control frame with ``payload``."""
+    """Send a heartbeat: a PING control frame with ``payload`` (``control``), or the
+    application-level ping message ``payload`` (counted toward the pacer, never held)."""
 
-    payload: bytes
+    payload: bytes | str
+    control: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,7 +663,7 @@ class Session:
             else:
                 # heartbeats count toward the venue's limit but never wait for it
                 self._pacer.try_take(now)
-                self._actions.append(SendMessages((Outgoing(payload),)))
+                self._actions.append(SendPing(payload, control=False))
         if self.phase is Phase.LIVE:
             total = messages + self.routed_messages
             last_ns = max(last_data_ns, self.routed_last_ns)
