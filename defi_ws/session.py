@@ -857,6 +857,9 @@ class Session:
             return  # the first cause wins
         self.closing = disconnect
         self._pace_at = None
+        # a LIVE not yet reported is never reported now: no on_connected for a
+        # connection that is already closing
+        self._actions = [a for a in self._actions if not isinstance(a, Live)]
         dead = disconnect.reason in DEAD_PEER
         self._close_deadline = now + (0.0 if dead else self.config.close_timeout_s)
         if send:

@@ -414,7 +414,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     @invariant()
     def live_means_every_topic_confirmed_once(self) -> None:
-        if self.session.phase is Phase.LIVE:
+        if self.session.phase is Phase.LIVE and self.session.closing is None:
             assert self.live == 1
 
     # ------------------------------------------------------------- teardown
