@@ -143,7 +143,7 @@ class _Events:
 
     def on_handler_error(self, stage: str, exc: BaseException) -> None:
         client = self._client
-        client._handler_error(stage, exc, traceback=True)
+        client._handler_error(stage, exc, in_ring=True)
         self._session.handler_error(stage, exc, client._clock())
         client._wake()
 
@@ -591,11 +591,11 @@ class FeedClient:
             )
             log.exception("%s: user callback %r raised", self.name, callback)
 
-    def _handler_error(self, stage: str, exc: BaseException, *, traceback: bool) -> None:
+    def _handler_error(self, stage: str, exc: BaseException, *, in_ring: bool) -> None:
         """Count one handler exception once; log the first of its type with the
         traceback at ERROR, then at most one per type every minute."""
         self.health.handler_errors += 1
-        if not traceback:  # raised outside the hot path: not in the listener's ring yet
+        if not in_ring:  # raised outside the hot path: not in the listener's ring yet
             self.health.errors.append(
                 (now_ns(), "handler", f"{stage}: {type(exc).__name__}: {exc}"[:200]))
         key = (stage, type(exc))
@@ -678,7 +678,7 @@ class FeedClient:
         try:
             url = handler.url(self._lc.attempt)
         except Exception as exc:
-            self._handler_error("url", exc, traceback=False)
+            self._handler_error("url", exc, in_ring=False)
             self._lost(Disconnect(DisconnectReason.HANDLER_ERROR,
                                   detail=f"url: {type(exc).__name__}"))
             return
@@ -802,7 +802,7 @@ class FeedClient:
                 self.health.unknown_acks += 1
                 log.debug("%s: ack for a topic not pending: %r", self.name, action.topic)
             elif isinstance(action, HandlerFailed):
-                self._handler_error(action.stage, action.error, traceback=False)
+                self._handler_error(action.stage, action.error, in_ring=False)
             elif isinstance(action, Lost):
                 lost = action.disconnect
         return lost
