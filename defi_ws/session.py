@@ -323,10 +323,10 @@ class Session:
         self.routed_last_ns = 0
         self._stamp_ns = stamp_ns
         self._max_topics = max(1, int(handler.max_topics_per_message))
-        self._pacer: Pacer = (
-            Unlimited() if config.rate_per_s is None
-            else TokenBucket(config.rate_per_s, config.burst)
-        )
+        self._bucket = (
+            None if config.rate_per_s is None else TokenBucket(config.rate_per_s, config.burst))
+        self._pacer: Pacer = Unlimited() if self._bucket is None else self._bucket
+        self._writable = False  # is_open, kept as a flag for the send fast path
         self._ping = PingClock(config.heartbeat)
         self._stale = StaleClock(config.stale_after_s, config.topic_stale_after_s)
         self._topics: dict[str, _Topic] = {}
@@ -599,11 +599,12 @@ class Session:
         """Fast path for the caller's own write: True (tokens taken) when ``count``
         messages may leave at once, i.e. the session is open, nothing is queued and
         the pacer allows it."""
-        if not self.is_open or self._outbox:
+        if not self._writable or self._outbox:
             return False
-        if isinstance(self._pacer, TokenBucket) and count > self._pacer.burst:
-            return False
-        return self._pacer.try_take(now, count)
+        bucket = self._bucket
+        if bucket is None:
+            return True
+        return count <= bucket.burst and bucket.try_take(now, count)
 
     def stop(self, now: float) -> None:
         """The user stops the feed: close with 1000 (a close under way keeps its cause)."""
@@ -711,6 +712,7 @@ class Session:
 
     def _fire(self, event: _Input) -> None:
         self.phase = PHASE_TRANSITIONS[self.phase][event]
+        self._writable = self.is_open
 
     def _handler_failed(self, stage: str, exc: BaseException, now: float) -> None:
         self._actions.append(HandlerFailed(stage, exc))
@@ -856,6 +858,7 @@ class Session:
         if self.phase is Phase.ENDED or self.closing is not None:
             return  # the first cause wins
         self.closing = disconnect
+        self._writable = False
         self._pace_at = None
         # a LIVE not yet reported is never reported now: no on_connected for a
         # connection that is already closing
