@@ -67,7 +67,14 @@ from defi_ws.session import (
 from defi_ws.session import Live as SessionLive
 from defi_ws.subscriptions import TopicState
 from defi_ws.tls import TlsConfig
-from defi_ws.transport import Connection, ConnectOptions, PicowsTransport, Transport, redact_url
+from defi_ws.transport import (
+    Connection,
+    ConnectOptions,
+    PicowsTransport,
+    Transport,
+    classify_connect_error,
+    redact_url,
+)
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
@@ -708,6 +715,10 @@ class FeedClient:
             self._session = None
             self._lost(exc.disconnect if isinstance(exc, ConnectError) else Disconnect(
                 DisconnectReason.CONNECT_FAILED, detail="connect timed out"))
+            return
+        except Exception as exc:  # a transport that broke its contract: still classified
+            self._session = None
+            self._lost(classify_connect_error(exc))
             return
         except BaseException:
             self._session = None
