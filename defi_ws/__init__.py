@@ -1,6 +1,7 @@
 """defi-ws: WebSocket feeds for crypto and DeFi venues that stay alive, fast and observable.
 
-The public API is re-exported here; see the README for the concepts.
+The public API is re-exported here; see the README for the concepts. Test doubles
+(``MemoryTransport``, ``ExchangeSimulator``) live in :mod:`defi_ws.testing`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from defi_ws.errors import (
     FeedClosedError,
     IllegalTransition,
     NotConnectedError,
-    ProtocolViolation,
     SendQueueFull,
 )
 from defi_ws.handler import Ack, AuthReply, ExchangeHandler, JsonHandler
@@ -26,11 +26,12 @@ from defi_ws.pacing import TokenBucket
 from defi_ws.reasons import Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, FixedDelay, NoReconnect, ReconnectStrategy
 from defi_ws.sequence import Gap
+from defi_ws.session import Session, SessionConfig
+from defi_ws.subscriptions import TopicState
 from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
     Connection,
     ConnectOptions,
-    MemoryTransport,
     PicowsTransport,
     Transport,
 )
@@ -65,20 +66,21 @@ __all__ = [
     "JsonHandler",
     "JsonPing",
     "Lifecycle",
-    "MemoryTransport",
     "NoPing",
     "NoReconnect",
     "NotConnectedError",
     "PicowsTransport",
-    "ProtocolViolation",
     "ReconnectStrategy",
     "RttHistogram",
     "RttRule",
     "SendQueueFull",
+    "Session",
+    "SessionConfig",
     "State",
     "TextPing",
     "TlsConfig",
     "TokenBucket",
+    "TopicState",
     "Transport",
     "WsPing",
     "__version__",

@@ -1,11 +1,13 @@
-"""The supervisor: :class:`FeedClient` keeps one logical feed alive.
+"""The I/O pump: :class:`FeedClient` keeps one logical feed alive across connections.
 
-It is the only code in defi-ws that sleeps, spawns a task or owns a socket. Decisions
-are made by sans-I/O pieces it drives: :class:`~defi_ws.lifecycle.Lifecycle` (states and
-backoff), :class:`~defi_ws.subscriptions.SubscriptionSet` (desired topics and acks) and
-a :class:`~defi_ws.pacing.Pacer` (outbound rate). Per connection it runs one loop that
-wakes on a signal (a frame-level event, a subscribe call, a stop) or on the next
-deadline, never more often than needed and never one timer per message.
+It is the only code in defi-ws that sleeps, spawns a task or owns a socket. It keeps
+what spans connections (the desired topics, the :class:`~defi_ws.lifecycle.Lifecycle`
+with its backoff, the history, health totals and the user's callbacks) and, for each
+connection, creates a sans-I/O :class:`~defi_ws.session.Session` that makes every
+per-connection decision. The pump connects, feeds events into the Session, carries out
+its actions and sleeps until its next deadline or the next event; it never polls per
+message. Per-connection state lives in the Session, so a new connection starts clean
+by construction.
 
 Example::
 
@@ -40,32 +42,38 @@ from defi_ws.errors import (
     FatalDisconnect,
     FeedClosedError,
     NotConnectedError,
-    SendQueueFull,
 )
-from defi_ws.handler import Ack, AuthReply, ExchangeHandler, JsonHandler, chunked
-from defi_ws.health import Health, HealthRule, RttHistogram, StaleClock
-from defi_ws.heartbeat import HeartbeatKind, HeartbeatStrategy, PingClock, WsPing
-from defi_ws.lifecycle import (
-    Action,
-    CloseConnection,
-    GaveUp,
-    Lifecycle,
-    Live,
-    State,
-    Wait,
-)
+from defi_ws.handler import ExchangeHandler, JsonHandler
+from defi_ws.health import Health, HealthRule, StaleClock
+from defi_ws.heartbeat import HeartbeatStrategy, WsPing
+from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
 from defi_ws.outbound import Outbound
-from defi_ws.pacing import Pacer, TokenBucket, Unlimited
+from defi_ws.pacing import TokenBucket
 from defi_ws.reasons import Classifier, Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, ReconnectStrategy
 from defi_ws.sequence import Gap, SequenceTracker
-from defi_ws.subscriptions import ACK_TIMEOUT_DETAIL, SubscriptionSet
+from defi_ws.session import (
+    Abort,
+    Authenticated,
+    Close,
+    HandlerFailed,
+    Lost,
+    SendMessages,
+    SendPing,
+    Session,
+    SessionConfig,
+    TopicRejected,
+    UnknownAck,
+)
+from defi_ws.session import Live as SessionLive
+from defi_ws.subscriptions import TopicState
 from defi_ws.tls import TlsConfig
 from defi_ws.transport import (
     Connection,
     ConnectOptions,
     PicowsTransport,
     Transport,
+    classify_connect_error,
     redact_url,
 )
 from defi_ws.urls import is_secure_url, url_config_problem, url_problem
@@ -73,6 +81,12 @@ from defi_ws.urls import is_secure_url, url_config_problem, url_problem
 __all__ = ["ErrorPolicy", "FeedClient"]
 
 log = logging.getLogger("defi_ws.client")
+
+_MIN_SLEEP_S = 0.001
+#: A repeated handler exception of one type is logged again at most this often.
+_ERROR_LOG_INTERVAL_S = 60.0
+#: The close code of a normal closure: a feed the peer ended this way is not failed.
+_NORMAL_CLOSURE = 1000
 
 
 @functools.cache
@@ -82,61 +96,65 @@ def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
     return tls.context()
 
 
-#: Close codes the client sends when it ends a connection itself.
-_CLOSE_CODES = {
-    DisconnectReason.LOCAL_STOP: 1000,
-    DisconnectReason.ROTATION: 1000,
-    DisconnectReason.HANDLER_ERROR: 1011,
-    DisconnectReason.PROTOCOL_ERROR: 1002,
-}
-_GOING_AWAY = 1001
-_MIN_SLEEP_S = 0.001
-#: Local disconnects whose peer is presumed dead: CLOSE is sent, then the socket aborted.
-_DEAD_PEER = frozenset({DisconnectReason.PING_TIMEOUT, DisconnectReason.STALE})
-
-
 class ErrorPolicy(enum.IntEnum):
     """What an exception in decode or in the handler's callback does."""
 
     CONTINUE = ERROR_POLICY_CONTINUE
-    """Count it, keep it in the error ring, keep the connection (default)."""
+    """Count it, log it (rate-limited), keep it in the error ring, keep the connection."""
     DISCONNECT = ERROR_POLICY_DISCONNECT
     """Also close the connection (reason HANDLER_ERROR) and reconnect."""
 
 
-class _Kind(enum.Enum):
-    RAW = "raw"
-    SUBSCRIBE = "subscribe"
+def _transport_disconnect(error: BaseException | None) -> Disconnect | None:
+    """What the transport's own error says about a loss (used when nothing else did)."""
+    if isinstance(error, picows.WSProtocolError):
+        return Disconnect(DisconnectReason.PROTOCOL_ERROR, close_code=int(error.args[0]),
+                          detail=str(error.args[1])[:200] if len(error.args) > 1 else "")
+    if error is None:
+        return None
+    return Disconnect(DisconnectReason.TRANSPORT_ERROR,
+                      detail=f"{type(error).__name__}: {error}"[:200])
 
 
-class _ConnectionEvents:
-    """The per-connection hooks the hot path calls; they only record and wake."""
+def _is_clean_end(disconnect: Disconnect) -> bool:
+    """A feed the peer closed normally (1000) ended; it did not fail."""
+    return (disconnect.reason is DisconnectReason.PEER_CLOSE
+            and disconnect.close_code == _NORMAL_CLOSURE)
 
-    __slots__ = ("_client",)
 
-    def __init__(self, client: FeedClient) -> None:
+class _Events:
+    """The hot path's hooks for one connection: they feed its Session and wake the pump."""
+
+    __slots__ = ("_client", "_session", "listener")
+
+    def __init__(self, client: FeedClient, session: Session) -> None:
         self._client = client
+        self._session = session
+        self.listener: FeedListener | None = None
 
     def on_open(self) -> None:
-        pass
+        self._session.opened(self._client._clock())
 
     def on_pong(self, recv_ns: int, payload: bytes) -> None:
-        self._client._on_pong(recv_ns)
+        rtt_ns = self._session.pong(recv_ns)
+        if rtt_ns is not None:
+            self._client.health.rtt.record(rtt_ns)
+            self._client._wake()  # the next deadline is now the next ping
 
     def on_close_received(self, code: int, reason: str) -> None:
+        self._session.close_received(code, reason, self._client._clock())
         self._client._wake()
 
     def on_violation(self, code: int, reason: str) -> None:
+        sent = self.listener.close_code_sent if self.listener is not None else 0
+        self._session.violation(sent or code, reason, self._client._clock())
         self._client._wake()
 
     def on_handler_error(self, stage: str, exc: BaseException) -> None:
         client = self._client
-        client.health.handler_errors += 1
-        if client._error_policy is ErrorPolicy.DISCONNECT:
-            client._local_disconnect = client._local_disconnect or Disconnect(
-                DisconnectReason.HANDLER_ERROR, detail=f"{stage}: {type(exc).__name__}"
-            )
-            client._wake()
+        client._handler_error(stage, exc, in_ring=True)
+        self._session.handler_error(stage, exc, client._clock())
+        client._wake()
 
     def on_disconnected(self) -> None:
         self._client._wake()
@@ -154,15 +172,18 @@ class FeedClient:
             :func:`~defi_ws.reasons.default_is_retryable`).
         connect_timeout_s: limit for TCP + TLS + upgrade.
         auth_timeout_s: limit for the venue's auth reply.
-        ack_timeout_s: limit for each topic's subscribe ack.
+        ack_timeout_s: limit for each topic's subscribe ack. ``None`` declares a venue
+            that never acks subscriptions: a topic counts as confirmed once its
+            subscribe message is written.
         close_timeout_s: limit for the closing handshake before the socket is aborted.
         stable_after_s: a connection LIVE this long resets the attempt count.
         max_retry_after_s: the longest ``Retry-After`` of a refused upgrade that is
             honoured (longer ones are capped to it; a finite number > 0).
-        tick_s: longest sleep of the connection loop (watchdog resolution).
+        tick_s: polling period of per-topic stale windows, health rules and the stale
+            clock on a non-default clock (otherwise the pump sleeps until a deadline).
         max_message_size: largest inbound message (close 1009 above).
         outbound_rate_per_s: outbound messages per second per connection (None:
-            unlimited); the subscription replay after a reconnect obeys it too.
+            unlimited); subscribes, unsubscribes, app-level pings and ``send`` obey it.
         outbound_burst: messages that may leave at once under the rate limit.
         max_queued_messages: bound of the outbound queue (``SendQueueFull`` above).
         error_policy: what a decode/callback exception does.
@@ -176,7 +197,8 @@ class FeedClient:
             ``RttRule(p99_above_s=0.5)`` or ``ErrorRateRule(10, 60)``.
         tls: TLS policy for ``wss://`` (default: verify certificates).
         extra_headers: extra HTTP headers for the upgrade request.
-        on_connected: called with no argument each time the feed becomes LIVE.
+        on_connected: called with no argument each time the feed becomes LIVE on an
+            open connection.
         on_disconnected: called with the :class:`Disconnect` of each lost connection.
         on_reconnected: called when the feed is LIVE again after a disconnect.
         on_gave_up: called with the fatal :class:`Disconnect` that ended the feed.
@@ -187,6 +209,9 @@ class FeedClient:
         on_state_change: called with ``(old, new)`` on every lifecycle transition.
         clock: monotonic seconds (tests pass a manual clock).
         name: a label for logs.
+
+    Raises:
+        ConfigError: listing every invalid argument.
     """
 
     def __init__(
@@ -199,7 +224,7 @@ class FeedClient:
         classify: Classifier = default_is_retryable,
         connect_timeout_s: float = 10.0,
         auth_timeout_s: float = 10.0,
-        ack_timeout_s: float = 10.0,
+        ack_timeout_s: float | None = 10.0,
         close_timeout_s: float = 2.0,
         stable_after_s: float = 30.0,
         max_retry_after_s: float = 300.0,
@@ -229,13 +254,13 @@ class FeedClient:
         for label, value in (
             ("connect_timeout_s", connect_timeout_s),
             ("auth_timeout_s", auth_timeout_s),
-            ("ack_timeout_s", ack_timeout_s),
+            ("ack_timeout_s", 1.0 if ack_timeout_s is None else ack_timeout_s),
             ("close_timeout_s", close_timeout_s),
             ("tick_s", tick_s),
         ):
-            if not value > 0:
-                problems.append(f"{label} must be > 0, got {value!r}")
-        if stable_after_s < 0:
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                problems.append(f"{label} must be a finite number > 0, got {value!r}")
+        if not stable_after_s >= 0:
             problems.append(f"stable_after_s must be >= 0, got {stable_after_s!r}")
         if not (isinstance(max_retry_after_s, int | float) and not isinstance(
                 max_retry_after_s, bool) and 0 < max_retry_after_s < math.inf):
@@ -247,14 +272,19 @@ class FeedClient:
             problems.append(f"max_message_size must be >= 1, got {max_message_size!r}")
         if max_queued_messages < 1:
             problems.append(f"max_queued_messages must be >= 1, got {max_queued_messages!r}")
-        if handler.max_topics_per_message < 1:
-            problems.append("handler.max_topics_per_message must be >= 1")
+        if not isinstance(handler.max_topics_per_message, int) or \
+                handler.max_topics_per_message < 1:
+            problems.append("handler.max_topics_per_message must be an int >= 1")
         if outbound_rate_per_s is not None and outbound_burst < 1:
             problems.append(f"outbound_burst must be >= 1, got {outbound_burst!r}")
+        topic_of = getattr(handler, "topic_of", None)
+        if topic_stale_after_s and topic_of is None:
+            problems.append("topic_stale_after_s needs a handler with topic_of(message)")
         if problems:
             raise ConfigError(problems)
         if outbound_rate_per_s is not None:
             TokenBucket(outbound_rate_per_s, outbound_burst)  # validates
+        stale = StaleClock(stale_after_s, topic_stale_after_s)  # validates
 
         self.handler = handler
         self.name = name
@@ -262,22 +292,41 @@ class FeedClient:
         self._lc = Lifecycle(
             reconnect or ExponentialBackoff(), classify=classify, stable_after_s=stable_after_s
         )
-        self._subs = SubscriptionSet(ack_timeout_s)
-        self._subs.add(topics)
+        self._classify = classify
+        self._desired: dict[str, None] = {}
+        for topic in [topics] if isinstance(topics, str) else topics:
+            self._desired[topic] = None
         self._connect_timeout_s = connect_timeout_s
         self._max_retry_after_s = float(max_retry_after_s)
-        self._auth_timeout_s = auth_timeout_s
         self._close_timeout_s = close_timeout_s
-        self._tick_s = tick_s
         self._max_message_size = max_message_size
-        self._rate = (outbound_rate_per_s, outbound_burst)
-        self._max_queued = max_queued_messages
         self._error_policy = ErrorPolicy(error_policy)
         self._options = ConnectOptions(
             handshake_timeout_s=connect_timeout_s,
             max_message_size=max_message_size,
             extra_headers=dict(extra_headers or {}),
         )
+        self._heartbeat = heartbeat or WsPing()
+        # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
+        # the client's clock: the stale deadline is exact and needs no polling. Other
+        # clocks (tests), per-topic windows and health rules poll every tick_s.
+        exact_stamps = clock is time.monotonic
+        polling = bool(health_rules) or stale.per_topic or (stale.enabled and not exact_stamps)
+        self._config = SessionConfig(
+            auth_timeout_s=auth_timeout_s, ack_timeout_s=ack_timeout_s,
+            close_timeout_s=close_timeout_s, rate_per_s=outbound_rate_per_s,
+            burst=outbound_burst, max_queued_messages=max_queued_messages,
+            heartbeat=self._heartbeat, stale_after_s=stale_after_s,
+            topic_stale_after_s=dict(topic_stale_after_s or {}),
+            health_rules=tuple(health_rules), poll_s=tick_s if polling else None,
+            exact_stamps=exact_stamps,
+            disconnect_on_handler_error=self._error_policy is ErrorPolicy.DISCONNECT,
+        )
+        self._topic_of: Callable[[Any], str | None] | None = (
+            topic_of if stale.topic_allowance_s else None)
+        sequence_of = getattr(handler, "sequence_of", None)
+        self._sequence_of: Callable[[Any], tuple[str, int] | None] | None = (
+            sequence_of if getattr(handler, "tracks_sequences", True) else None)
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_reconnected = on_reconnected
@@ -286,51 +335,26 @@ class FeedClient:
         self._on_gap = on_gap
         self._on_state_change = on_state_change
         self._clock = clock
-
         self._tls = tls or TlsConfig()
         if not self._tls.verify:
             log.warning("%s: TLS certificate verification is OFF: use only for local testing",
                         name)
-        self._heartbeat = heartbeat or WsPing()
-        self._ping = PingClock(self._heartbeat)
-        self._stale = StaleClock(stale_after_s, topic_stale_after_s)
-        self._rules = tuple(health_rules)
-        # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
-        # the client's clock: the stale deadline is exact and needs no polling. Other
-        # clocks (tests), per-topic windows and health rules poll every tick_s.
-        self._exact_stamps = clock is time.monotonic
-        self._polling = bool(self._rules) or self._stale.per_topic or (
-            self._stale.enabled and not self._exact_stamps)
-        self._topic_of: Callable[[Any], str | None] | None = getattr(handler, "topic_of", None)
-        self._topic_counts: dict[str, int] = {}
-        self._errors_at_open = 0
-        #: The data callback of the current connection (see ``_data_callback``).
-        self._deliver_data: Callable[[Any], object] = handler.on_message
-        self._sequence_of: Callable[[Any], tuple[str, int] | None] | None = getattr(
-            handler, "sequence_of", None
-        )
+
         #: Per-topic sequence numbers (used when the handler has ``sequence_of``).
         self.sequences = SequenceTracker()
-        if topic_stale_after_s and self._topic_of is None:
-            raise ConfigError(["topic_stale_after_s needs a handler with topic_of(message)"])
         self._outbound = Outbound()
-        self._pacer: Pacer = Unlimited()
-        self._outbox: deque[tuple[_Kind, Any]] = deque()
-        self._queued_topics: set[str] = set()
+        self._session: Session | None = None
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._signal: asyncio.Event | None = None
         self._live: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._stop_requested = False
-        self._local_disconnect: Disconnect | None = None
-        self._auth_reply: AuthReply | None = None
         self._fatal: FatalDisconnect | None = None
-
+        self._pending_wait: Wait | None = None
+        self._error_log: dict[tuple[str, type], list[float]] = {}
         #: Counters, RTT histogram and the recent-error ring.
         self.health = Health()
-        #: RTT of the current connection only (for health rules).
-        self._rtt_connection = RttHistogram()
         #: Every disconnect in order (bounded).
         self.history: deque[Disconnect] = deque(maxlen=256)
 
@@ -344,17 +368,18 @@ class FeedClient:
     @property
     def desired_topics(self) -> tuple[str, ...]:
         """Every topic the feed should be subscribed to."""
-        return self._subs.desired
+        return tuple(self._desired)
 
     @property
     def confirmed_topics(self) -> tuple[str, ...]:
         """Topics the venue confirmed on the current connection."""
-        return self._subs.confirmed()
+        return self._session.confirmed() if self._session is not None else ()
 
-    @property
-    def subscriptions(self) -> SubscriptionSet:
-        """The subscription tracker (read-only use)."""
-        return self._subs
+    def topic_state(self, topic: str) -> TopicState | None:
+        """The state of a desired topic on the current connection (None if not desired)."""
+        if topic not in self._desired:
+            return None
+        return TopicState.UNSENT if self._session is None else self._session.topic_state(topic)
 
     @property
     def connection(self) -> Connection | None:
@@ -373,14 +398,17 @@ class FeedClient:
 
     def snapshot(self) -> dict[str, Any]:
         """Health and state as a plain dict, ready for JSON or logging."""
+        session = self._session
+        counts = {s: 0 for s in TopicState}
+        if session is not None:
+            for topic in self._desired:
+                state = session.topic_state(topic)
+                if state is not None:
+                    counts[state] += 1
         return self.health.snapshot(
-            self._clock(),
-            name=self.name,
-            state=self._lc.state.name,
-            attempt=self._lc.attempt,
-            topics_desired=len(self._subs.desired),
-            topics_confirmed=len(self._subs.confirmed()),
-            topics_pending=len(self._subs.pending()),
+            self._clock(), name=self.name, state=self._lc.state.name, attempt=self._lc.attempt,
+            topics_desired=len(self._desired), topics_confirmed=counts[TopicState.CONFIRMED],
+            topics_pending=counts[TopicState.PENDING] + counts[TopicState.QUEUED],
             **self._backoff_snapshot(),
         )
 
@@ -410,11 +438,11 @@ class FeedClient:
         """Start connecting in a background task (idempotent while running).
 
         Raises:
-            FeedClosedError: the client was already stopped.
+            FeedClosedError: the client was stopped (a stopped client never restarts).
         """
+        if self._lc.state is State.CLOSED or self._stop_requested:
+            raise FeedClosedError("a stopped FeedClient cannot be restarted")
         if self._task is not None:
-            if self._lc.state is State.CLOSED:
-                raise FeedClosedError("a stopped FeedClient cannot be restarted")
             return
         self._signal = asyncio.Event()
         self._live = asyncio.Event()
@@ -427,28 +455,36 @@ class FeedClient:
         """Stop the feed: closing handshake, then abort after ``close_timeout_s``.
 
         Safe to call at any time and more than once, including during connect,
-        auth or backoff. Leaves no task and no socket behind.
+        auth or backoff. Leaves no task and no socket behind. A cancellation of the
+        caller while it waits is not swallowed: the feed is aborted and the
+        ``CancelledError`` propagates.
         """
         task = self._task
+        self._stop_requested = True
         if task is None:
             if self._lc.state is State.IDLE:
-                self._lc.stop(self._clock())
+                self._step(self._lc.stop(self._clock()), State.IDLE)
             return
-        self._stop_requested = True
-        if task.done():
-            return
-        if self._conn is None:
-            task.cancel()  # connecting or backing off: nothing to close gracefully
-        else:
-            self._wake()
-        limit_s = timeout_s if timeout_s is not None else self._close_timeout_s + 1.0
-        done, _ = await asyncio.wait({task}, timeout=limit_s)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        # A task cancelled before it ever ran never reached its own cleanup.
-        self._abort_connection()
+        if not task.done():
+            session = self._session
+            if session is None or self._conn is None:
+                task.cancel()  # connecting or backing off: nothing to close gracefully
+            else:
+                session.stop(self._clock())
+                self._wake()
+            limit_s = timeout_s if timeout_s is not None else self._close_timeout_s + 1.0
+            try:
+                done, _ = await asyncio.wait({task}, timeout=limit_s)
+                if not done:
+                    task.cancel()
+                    await asyncio.wait({task})
+            except asyncio.CancelledError:
+                task.cancel()
+                self._abort_connection()
+                raise
+        if not task.cancelled() and task.done():
+            task.exception()  # retrieved: a supervisor failure was logged by _run
+        self._abort_connection()  # a task cancelled before it ran never cleaned up
         if self._lc.state is not State.CLOSED:
             self._force_closed()
         assert self._done is not None
@@ -458,8 +494,9 @@ class FeedClient:
         """Wait until the feed is LIVE.
 
         Raises:
-            FatalDisconnect: the feed gave up.
-            FeedClosedError: the feed was stopped.
+            FatalDisconnect: the feed gave up after a failure.
+            FeedClosedError: the feed was stopped, or ended (a normal close under a
+                strategy that does not reconnect).
             TimeoutError: not LIVE within ``timeout_s``.
         """
         if self._live is None or self._done is None:
@@ -482,7 +519,7 @@ class FeedClient:
         raise FeedClosedError("the feed is stopped")
 
     async def wait_closed(self) -> None:
-        """Wait until the feed has stopped for good (stop() or a fatal disconnect)."""
+        """Wait until the feed has stopped for good (stop(), an end, or a fatal disconnect)."""
         if self._done is not None:
             await self._done.wait()
 
@@ -492,9 +529,15 @@ class FeedClient:
         Returns:
             The topics that were not desired before.
         """
-        added = self._subs.add([topics] if isinstance(topics, str) else topics)
-        if added:
+        items = [topics] if isinstance(topics, str) else list(topics)
+        if self._session is not None:
+            added = self._session.subscribe(items, self._clock())
             self._wake()
+        else:
+            added = [t for t in dict.fromkeys(items) if t not in self._desired]
+            self._desired.update(dict.fromkeys(added))
+        for topic in added:
+            self.sequences.forget(topic)  # a deliberate (re)subscribe is not a gap
         return added
 
     def unsubscribe(self, topics: Iterable[str] | str) -> list[str]:
@@ -503,42 +546,57 @@ class FeedClient:
         Returns:
             The topics that were desired before.
         """
-        removed = self._subs.remove([topics] if isinstance(topics, str) else topics)
-        if removed:
+        items = [topics] if isinstance(topics, str) else list(topics)
+        if self._session is not None:
+            removed = self._session.unsubscribe(items, self._clock())
             self._wake()
+        else:
+            removed = [t for t in dict.fromkeys(items) if t in self._desired]
+            for topic in removed:
+                del self._desired[topic]
+        for topic in removed:
+            self.sequences.forget(topic)
         return removed
 
-    def send(self, message: Any) -> None:
-        """Send one message (dicts are JSON-encoded) on the live connection.
+    def send(self, message: Any, *, binary: bool = False) -> None:
+        """Send one message (dicts are JSON-encoded) whenever the WebSocket is open.
+
+        It leaves at once when nothing is queued and the outbound rate allows it,
+        else it is queued behind what is (auth messages first) and leaves in order.
 
         Raises:
-            NotConnectedError: no authenticated connection is open.
+            NotConnectedError: no WebSocket is open (or it is closing).
             SendQueueFull: the outbound queue is at ``max_queued_messages``.
         """
-        conn = self._conn
-        if (conn is not None and not self._outbox and self._lc.state is State.LIVE
-                and self._pacer.try_take(self._clock())):
-            self._outbound.send(conn, message)  # fast path: nothing queued, rate allows
+        session, conn = self._session, self._conn
+        if session is None:
+            raise NotConnectedError(f"cannot send in state {self._lc.state.name}")
+        now = self._clock()
+        if conn is not None and session.try_send_now(1, now):
+            self._outbound.send(conn, message, binary=binary)
             return
-        self.send_batch((message,))
+        session.send((message,), now, binary=binary)
+        self._wake()
 
-    def send_batch(self, messages: Iterable[Any]) -> None:
+    def send_batch(self, messages: Iterable[Any], *, binary: bool = False) -> None:
         """Send messages back to back; they leave in one write when the rate allows.
 
         Raises:
-            NotConnectedError: no authenticated connection is open.
+            NotConnectedError: no WebSocket is open (or it is closing).
             SendQueueFull: the outbound queue is at ``max_queued_messages``.
         """
-        if self._conn is None or self._conn.closed or self._lc.state not in (
-            State.SUBSCRIBING,
-            State.LIVE,
-        ):
+        session, conn = self._session, self._conn
+        if session is None:
             raise NotConnectedError(f"cannot send in state {self._lc.state.name}")
         items = list(messages)
-        if len(self._outbox) + len(items) > self._max_queued:
-            raise SendQueueFull(self._max_queued)
-        self._outbox.extend((_Kind.RAW, m) for m in items)
-        self._drain(self._clock())
+        if not items:
+            return
+        now = self._clock()
+        if conn is not None and session.try_send_now(len(items), now):
+            self._outbound.send_batch(conn, items, binary=binary)
+            return
+        session.send(items, now, binary=binary)
+        self._wake()
 
     # ------------------------------------------------------------------ internals
 
@@ -546,7 +604,7 @@ class FeedClient:
         if self._signal is not None:
             self._signal.set()
 
-    def _step(self, actions: list[Action], before: State) -> list[Action]:
+    def _step(self, actions: list[Any], before: State) -> list[Any]:
         after = self._lc.state
         if after is not before:
             log.info("%s: %s -> %s", self.name, before.name, after.name)
@@ -564,6 +622,28 @@ class FeedClient:
                 (now_ns(), "user_callback", f"{type(exc).__name__}: {exc}"[:200])
             )
             log.exception("%s: user callback %r raised", self.name, callback)
+
+    def _handler_error(self, stage: str, exc: BaseException, *, in_ring: bool) -> None:
+        """Count one handler exception once; log the first of its type with the
+        traceback at ERROR, then at most one per type every minute."""
+        self.health.handler_errors += 1
+        if not in_ring:  # raised outside the hot path: not in the listener's ring yet
+            self.health.errors.append(
+                (now_ns(), "handler", f"{stage}: {type(exc).__name__}: {exc}"[:200]))
+        key = (stage, type(exc))
+        now = self._clock()
+        seen = self._error_log.get(key)
+        if seen is not None and now - seen[0] < _ERROR_LOG_INTERVAL_S:
+            seen[1] += 1
+            return
+        if len(self._error_log) >= 256:
+            self._error_log.clear()
+        suppressed = 0 if seen is None else int(seen[1])
+        self._error_log[key] = [now, 0]
+        log.error("%s: handler %s raised %s%s", self.name, stage, type(exc).__name__,
+                  f" ({suppressed} more of this type since the last report)" if suppressed
+                  else " (further ones of this type are logged at most once a minute)",
+                  exc_info=(type(exc), exc, exc.__traceback__))
 
     async def _run(self) -> None:
         try:
@@ -590,6 +670,7 @@ class FeedClient:
             raise
         finally:
             self._conn = None
+            self._session = None
             assert self._live is not None and self._done is not None
             self._live.clear()
             self._done.set()
@@ -606,7 +687,7 @@ class FeedClient:
             self._conn.abort()
 
     async def _backoff(self) -> None:
-        assert self._signal is not None
+        assert self._signal is not None and self._pending_wait is not None
         wait = self._pending_wait
         deadline = self._clock() + wait.delay_s
         log.debug(
@@ -623,58 +704,71 @@ class FeedClient:
         if not self._stop_requested:
             self._step(self._lc.retry(self._clock()), State.BACKOFF)
 
-    _pending_wait: Wait
-
     async def _connection(self) -> None:
-        """One attempt: connect, auth, subscribe, live, until the connection ends."""
-        attempt = self._lc.attempt
-        url = self.handler.url(attempt)
+        """One attempt: connect, then pump the Session until the connection ends."""
+        handler = self.handler
+        try:
+            url = handler.url(self._lc.attempt)
+        except Exception as exc:
+            self._handler_error("url", exc, in_ring=False)
+            self._lost(Disconnect(DisconnectReason.HANDLER_ERROR,
+                                  detail=f"url: {type(exc).__name__}"))
+            return
         problem = url_problem(url)
         if problem is not None:  # retrying cannot fix it: fatal (reason INVALID_URL)
             self._lost(Disconnect(DisconnectReason.INVALID_URL, detail=(
-                f"handler.url({attempt}) returned {redact_url(str(url))!r}: {problem}")))
+                f"handler.url({self._lc.attempt}) returned {redact_url(str(url))!r}: "
+                f"{problem}")))
             return
-        self._deliver_data = self._data_callback()
+        session = Session(handler, self._config, self._desired, stamp_ns=now_ns)
+        events = _Events(self, session)
+        deliver = self._data_callback(session)
         listener = FeedListener(
-            self._deliver_data,
-            self.handler.decode,
-            _ConnectionEvents(self),
-            on_control=self._on_control,
-            control_prefixes=self.handler.control_prefixes,
-            max_message_size=self._max_message_size,
-            error_policy=int(self._error_policy),
+            deliver, handler.decode, events,
+            on_control=functools.partial(self._on_control, session, events, deliver),
+            control_prefixes=handler.control_prefixes,
+            max_message_size=self._max_message_size, error_policy=int(self._error_policy),
             errors=self.health.errors,
         )
+        events.listener = listener
         pong = self._heartbeat.pong_pattern()
         if pong is not None:
             listener.set_app_pong(pong[0], pong[1])
-        self._local_disconnect = None
-        self._auth_reply = None
         options = self._options
         if is_secure_url(url):
             options = dataclasses.replace(options, ssl_context=_ssl_context(self._tls))
+        self.sequences.new_connection()
+        self._session = session  # send() queues from the moment the WebSocket opens
         try:
             async with _compat.timeout(self._connect_timeout_s + 1.0):
                 conn = await self._transport.connect(url, listener, options)
-        except ConnectError as exc:
-            self._lost(with_url_context(exc, url))
+        except (ConnectError, TimeoutError) as exc:
+            self._session = None
+            self._lost(with_url_context(exc, url) if isinstance(exc, ConnectError) else Disconnect(
+                DisconnectReason.CONNECT_FAILED,
+                detail=f"connect timed out after {self._connect_timeout_s + 1.0:g} s"))
             return
-        except TimeoutError:
-            self._lost(Disconnect(DisconnectReason.CONNECT_FAILED, detail=(
-                f"connect timed out after {self._connect_timeout_s + 1.0:g} s")))
+        except Exception as exc:  # a transport that broke its contract: still classified
+            self._session = None
+            self._lost(classify_connect_error(exc))
             return
+        except BaseException:
+            self._session = None
+            raise
         log.debug("%s: connected to %s", self.name, redact_url(url))
         self._conn = conn
-        self.health.attach(listener, self._clock())
+        now = self._clock()
+        self.health.attach(listener, now, routed=session)
+        self._step(self._lc.opened(now), State.CONNECTING)
+        session.opened(now)  # no-op when the listener's on_open already did it
         try:
-            disconnect = await self._session(conn)
+            disconnect = await self._pump(session, conn, listener)
         finally:
             self.health.detach()
             if not conn.closed:
                 conn.abort()
             self._conn = None
-            self._outbox.clear()
-            self._queued_topics.clear()
+            self._session = None
             assert self._live is not None
             self._live.clear()
         if self._lc.state is State.STOPPING:
@@ -682,6 +776,91 @@ class FeedClient:
             self._record(disconnect)
         else:
             self._lost(disconnect)
+
+    async def _pump(self, session: Session, conn: Connection, listener: FeedListener
+                    ) -> Disconnect:
+        """Feed time and the transport's state into ``session`` and carry out its
+        actions until it reports the connection lost."""
+        signal = self._signal
+        assert signal is not None
+        while True:
+            now = self._clock()
+            if self._stop_requested and self._lc.state is not State.STOPPING:
+                before = self._lc.state
+                self._step(self._lc.stop(now), before)
+                session.stop(now)  # a close already under way keeps its own reason
+            if conn.closed:
+                error = await conn.wait_closed()
+                session.connection_lost(self._clock(), _transport_disconnect(error))
+            else:
+                session.tick(now, listener.messages, listener.last_data_ns)
+            lost = self._apply(session, conn)
+            if lost is not None:
+                return lost
+            self._lc.tick(now)
+            deadline = session.next_deadline()
+            timeout_s = 3600.0 if deadline is None else deadline - now
+            # A floor keeps a deadline that is "now" (float rounding) from spinning.
+            timeout_s = max(timeout_s, _MIN_SLEEP_S)
+            signal.clear()
+            if conn.closed or session.has_actions:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with _compat.timeout(timeout_s):
+                    await signal.wait()
+
+    def _apply(self, session: Session, conn: Connection) -> Disconnect | None:
+        """Carry out the session's actions; return the disconnect once it is lost."""
+        lost: Disconnect | None = None
+        for action in session.take_actions():
+            if isinstance(action, SendMessages):
+                with contextlib.suppress(NotConnectedError):  # the loss will follow
+                    if all(not m.binary for m in action.messages):
+                        self._outbound.send_batch(conn, [m.payload for m in action.messages])
+                    else:
+                        self._outbound.send_mixed(
+                            conn, [(m.payload, m.binary) for m in action.messages])
+            elif isinstance(action, SendPing):
+                self.health.pings_sent += 1
+                if action.control:
+                    payload = action.payload
+                    conn.send_ping(payload.encode() if isinstance(payload, str) else payload)
+                else:
+                    with contextlib.suppress(NotConnectedError):
+                        self._outbound.send(conn, action.payload)
+            elif isinstance(action, Close):
+                conn.close(action.code, action.reason)
+            elif isinstance(action, Abort):
+                conn.abort()  # the transport reports the loss on a later turn
+            elif isinstance(action, Authenticated):
+                self._step(self._lc.authenticated(self._clock()), State.AUTHENTICATING)
+            elif isinstance(action, SessionLive):
+                self._became_live(conn)
+            elif isinstance(action, TopicRejected):
+                self.sequences.forget(action.topic)
+                log.warning("%s: subscription %r rejected: %s", self.name, action.topic,
+                            action.detail)
+                self._notify(self._on_rejected, action.topic, action.detail)
+            elif isinstance(action, UnknownAck):
+                self.health.unknown_acks += 1
+                log.debug("%s: ack for a topic not pending: %r", self.name, action.topic)
+            elif isinstance(action, HandlerFailed):
+                self._handler_error(action.stage, action.error, in_ring=False)
+            elif isinstance(action, Lost):
+                lost = action.disconnect
+        return lost
+
+    def _became_live(self, conn: Connection) -> None:
+        for action in self._step(self._lc.subscribed(self._clock()), State.SUBSCRIBING):
+            if isinstance(action, Live):
+                assert self._live is not None
+                self._live.set()
+                if conn.closed:  # pragma: no cover - the session never goes LIVE then
+                    return
+                self._notify(self._on_connected)
+                if action.reconnected:
+                    self.health.reconnects += 1
+                    self._notify(self._on_reconnected)
 
     def _record(self, disconnect: Disconnect) -> None:
         self.health.disconnects[disconnect.reason.label] += 1
@@ -701,143 +880,24 @@ class FeedClient:
             if isinstance(action, Wait):
                 self._pending_wait = action
             elif isinstance(action, GaveUp):
+                if _is_clean_end(action.disconnect) and self._classify(action.disconnect):
+                    log.info("%s: feed ended by the peer (%s); not reconnecting", self.name,
+                             action.disconnect.describe())
+                    continue
                 self._fatal = FatalDisconnect(action.disconnect)
                 log.error("%s: giving up: %s", self.name, action.disconnect.describe())
                 self._notify(self._on_gave_up, action.disconnect)
 
-    async def _session(self, conn: Connection) -> Disconnect:
-        """Drive one open connection until it closes; return why it closed."""
-        assert self._signal is not None
-        now = self._clock()
-        self._pacer = (
-            Unlimited() if self._rate[0] is None else TokenBucket(self._rate[0], self._rate[1])
-        )
-        self._step(self._lc.opened(now), State.CONNECTING)
-        self._ping.reset(now)
-        self._rtt_connection = RttHistogram()
-        self._errors_at_open = self.health.handler_errors
-        for rule in self._rules:
-            rule.reset(now)
-        self._topic_counts.clear()
-        self.sequences.new_connection()
-        self.handler.on_connection()
-        self._subs.reset_connection()
-        auth = list(self.handler.auth_messages())
-        auth_deadline = now + self._auth_timeout_s
-        if auth:
-            self._outbox.extend((_Kind.RAW, m) for m in auth)
-        else:
-            self._step(self._lc.authenticated(now), State.AUTHENTICATING)
-        close_deadline: float | None = None
-        aborted = False
-        while True:
-            now = self._clock()
-            if conn.closed:
-                return await self._classify_loss(conn)
-            if self._stop_requested and self._lc.state is not State.STOPPING:
-                before = self._lc.state
-                for action in self._step(self._lc.stop(now), before):
-                    if isinstance(action, CloseConnection):
-                        # a close already under way keeps its own reason
-                        self._local_disconnect = self._local_disconnect or action.disconnect
-            if self._local_disconnect is not None:
-                if close_deadline is None:
-                    # A dead peer will not answer the closing handshake: don't wait.
-                    dead = self._local_disconnect.reason in _DEAD_PEER
-                    close_deadline = now + (0.0 if dead else self._close_timeout_s)
-                    code = _CLOSE_CODES.get(self._local_disconnect.reason, _GOING_AWAY)
-                    conn.close(code, self._local_disconnect.reason.label)
-                elif now >= close_deadline and not aborted:
-                    conn.abort()  # the transport reports the loss on a later loop turn
-                    aborted = True
-            else:
-                self._watchdog(conn, now)
-                if self._local_disconnect is None:
-                    self._advance(conn, now, auth_deadline)
-                if self._local_disconnect is not None:
-                    continue  # start the closing handshake at once
-            delay_s = self._drain(now) if self._local_disconnect is None else None
-            # Sleep until the next deadline; poll every tick only while a stale clock
-            # or a health rule needs to watch counters.
-            timeout_s = self._tick_s if self._polling else 3600.0
-            closing = self._local_disconnect is not None
-            deadlines = (None if aborted else close_deadline,) if closing else (
-                self._subs.next_deadline(), self._ping.next_deadline(),
-                self._stale.next_deadline() if self._lc.state is State.LIVE else None,
-                auth_deadline if self._lc.state is State.AUTHENTICATING else None)
-            for deadline in deadlines:
-                if deadline is not None:
-                    timeout_s = min(timeout_s, max(0.0, deadline - now))
-            if delay_s is not None:
-                timeout_s = min(timeout_s, delay_s)
-            # A floor keeps a deadline that is "now" (float rounding) from spinning.
-            timeout_s = max(timeout_s, _MIN_SLEEP_S)
-            self._signal.clear()
-            if conn.closed or self._signal.is_set():
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with _compat.timeout(timeout_s):
-                    await self._signal.wait()
-
-    def _advance(self, conn: Connection, now: float, auth_deadline: float) -> None:
-        """Move auth and subscriptions forward on an open connection."""
-        state = self._lc.state
-        if state is State.AUTHENTICATING:
-            reply = self._auth_reply
-            if reply is not None and reply.ok:
-                self._step(self._lc.authenticated(now), state)
-            elif reply is not None:
-                self._local_disconnect = Disconnect(
-                    DisconnectReason.AUTH_FAILED, detail=reply.detail[:200] or "auth rejected"
-                )
-                return
-            elif now >= auth_deadline:
-                self._local_disconnect = Disconnect(
-                    DisconnectReason.AUTH_FAILED, detail="no auth reply in time", retryable=True
-                )
-                return
-            else:
-                return
-        for topic in self._subs.rejected():
-            detail = self._subs.rejection(topic) or ""
-            if detail == ACK_TIMEOUT_DETAIL:
-                self._local_disconnect = Disconnect(
-                    DisconnectReason.SUBSCRIBE_REJECTED, detail=f"no ack for {topic!r} in time"
-                )
-                return
-            self._subs.remove([topic])
-            self._notify(self._on_rejected, topic, detail)
-            log.warning("%s: subscription %r rejected: %s", self.name, topic, detail)
-        self._queue_changes()
-        expired = self._subs.expire(now)
-        if expired:
-            self._local_disconnect = Disconnect(
-                DisconnectReason.SUBSCRIBE_REJECTED,
-                detail=f"no ack in time for {len(expired)} topic(s), e.g. {expired[0]!r}",
-            )
-            return
-        if self._lc.state is State.SUBSCRIBING and self._subs.settled:
-            for action in self._step(self._lc.subscribed(now), State.SUBSCRIBING):
-                if isinstance(action, Live):
-                    self._stale.reset(now)
-                    assert self._live is not None
-                    self._live.set()
-                    self._notify(self._on_connected)
-                    if action.reconnected:
-                        self.health.reconnects += 1
-                        self._notify(self._on_reconnected)
-        self._lc.tick(now)
-
-    def _data_callback(self) -> Callable[[Any], object]:
+    def _data_callback(self, session: Session) -> Callable[[Any], object]:
         """The data callback for the hot path: the handler's own unless topics are counted
         (per-topic stale clocks) or sequences are checked (gap detection)."""
         on_message: Callable[[Any], object] = getattr(
             self.handler, "data_sink", self.handler.on_message)
-        topic_of = self._topic_of if self._stale.topic_allowance_s else None
+        topic_of = self._topic_of
         sequence_of = self._sequence_of
         if topic_of is None and sequence_of is None:
             return on_message
-        counts = self._topic_counts
+        counts = session.topic_counts
         tracker = self.sequences
 
         def tracked(message: Any) -> None:
@@ -855,6 +915,18 @@ class FeedClient:
 
         return tracked
 
+    def _on_control(self, session: Session, events: _Events,
+                    deliver: Callable[[Any], object], message: Any) -> None:
+        results = self.handler.classify(message)
+        if not results:
+            # data after all: counted as data, and the same path as the hot path's
+            listener = events.listener
+            session.data_routed(listener.last_recv_ns if listener is not None else now_ns())
+            deliver(message)
+            return
+        session.control(results, self._clock())
+        self._wake()
+
     def _gap(self, gap: Gap) -> None:
         self.health.gaps += 1
         self.health.errors.append(
@@ -866,144 +938,3 @@ class FeedClient:
             " across a reconnect" if gap.across_reconnect else "",
         )
         self._notify(self._on_gap, gap)
-
-    def _on_pong(self, recv_ns: int) -> None:
-        rtt_ns = self._ping.answered(recv_ns)
-        if rtt_ns is not None:
-            self.health.rtt.record(rtt_ns)
-            self._rtt_connection.record(rtt_ns)
-            self._wake()  # the next deadline is now the next ping, not the timeout
-
-    def _watchdog(self, conn: Connection, now: float) -> None:
-        """Heartbeat, stale clocks and health rules: once per loop turn, never per message."""
-        if self._ping.timed_out(now):
-            self._local_disconnect = Disconnect(
-                DisconnectReason.PING_TIMEOUT,
-                detail=f"no pong within {self._heartbeat.timeout_s}s",
-            )
-            return
-        if self._ping.due(now):
-            self._ping.sent(now, now_ns())
-            self.health.pings_sent += 1
-            if self._heartbeat.kind is HeartbeatKind.CONTROL:
-                payload = self._heartbeat.ping_payload()
-                conn.send_ping(payload.encode() if isinstance(payload, str) else payload)
-            else:
-                self._pacer.try_take(now)  # heartbeats count toward the venue's limit
-                with contextlib.suppress(NotConnectedError):
-                    self._outbound.send(conn, self._heartbeat.ping_payload())
-        if self._lc.state is not State.LIVE:
-            return
-        listener = conn.listener
-        stale = self._stale.observe(
-            now, listener.messages,
-            self._topic_counts if self._stale.topic_allowance_s else None,
-            self._subs.confirmed(),
-            listener.last_data_ns / 1e9 if self._exact_stamps and listener.messages else None,
-        )
-        if stale is not None:
-            self._local_disconnect = Disconnect(DisconnectReason.STALE, detail=stale)
-            return
-        for rule in self._rules:
-            errors = self.health.handler_errors - self._errors_at_open
-            verdict = rule.check(now, self._rtt_connection, errors)
-            if verdict is not None:
-                self._local_disconnect = Disconnect(DisconnectReason.HEALTH_POLICY, detail=verdict)
-                return
-
-    def _queue_changes(self) -> None:
-        """Queue unsubscribes and not-yet-queued subscribes for the current connection."""
-        size = self.handler.max_topics_per_message
-        for chunk in chunked(self._subs.take_unsubscribes(), size):
-            self._outbox.extend((_Kind.RAW, m) for m in self.handler.unsubscribe_messages(chunk))
-        fresh = [t for t in self._subs.to_send() if t not in self._queued_topics]
-        for chunk in chunked(fresh, size):
-            self._outbox.append((_Kind.SUBSCRIBE, chunk))
-            self._queued_topics.update(chunk)
-
-    def _drain(self, now: float) -> float | None:
-        """Write what the rate allows from the outbox, in one write.
-
-        Returns:
-            Seconds until more can leave, or None when the outbox is empty.
-        """
-        conn = self._conn
-        if conn is None or not self._outbox:
-            return None
-        batch: list[Any] = []
-        delay_s: float | None = None
-        while self._outbox:
-            kind, item = self._outbox[0]
-            if kind is _Kind.SUBSCRIBE:
-                topics = [t for t in item if t in self._subs and t in self._queued_topics]
-                messages = list(self.handler.subscribe_messages(topics)) if topics else []
-            else:
-                topics, messages = [], [item]
-            cost = min(len(messages), 1 << 30)
-            if cost and not self._pacer.try_take(now, cost):
-                delay_s = self._pacer.delay_s(now, cost)
-                break
-            self._outbox.popleft()
-            if topics:
-                self._queued_topics.difference_update(topics)
-                self._subs.mark_sent(topics, now)
-            batch.extend(messages)
-        if batch:
-            try:
-                self._outbound.send_batch(conn, batch)
-            except NotConnectedError:
-                self._outbox.clear()
-                return None
-        return delay_s
-
-    def _on_control(self, message: Any) -> None:
-        results = self.handler.classify(message)
-        if not results:
-            self._deliver_data(message)  # data after all: same path as the hot path's
-            return
-        for result in results:
-            if isinstance(result, AuthReply):
-                self._auth_reply = result
-            elif isinstance(result, Ack):
-                if result.unsubscribe:
-                    continue
-                known = (
-                    self._subs.confirm(result.topic)
-                    if result.ok
-                    else self._subs.reject(result.topic, result.detail or "rejected")
-                )
-                if not known:
-                    self.health.unknown_acks += 1
-                    log.debug("%s: ack for a topic not pending: %r", self.name, result.topic)
-        self._wake()
-
-    async def _classify_loss(self, conn: Connection) -> Disconnect:
-        error = await conn.wait_closed()
-        if self._local_disconnect is not None:
-            return self._local_disconnect
-        listener = conn.listener
-        if listener.violation is not None:
-            return Disconnect(
-                DisconnectReason.PROTOCOL_ERROR,
-                close_code=listener.close_code_sent,
-                detail=listener.violation,
-            )
-        if isinstance(error, picows.WSProtocolError):
-            return Disconnect(
-                DisconnectReason.PROTOCOL_ERROR,
-                close_code=int(error.args[0]),
-                detail=str(error.args[1])[:200] if len(error.args) > 1 else "",
-            )
-        if listener.close_code_received:
-            return Disconnect(
-                DisconnectReason.PEER_CLOSE,
-                close_code=listener.close_code_received,
-                detail=(listener.close_reason_received or "")[:200],
-            )
-        detail = (
-            f"{type(error).__name__}: {error}"[:200]
-            if error is not None
-            else "connection lost without a closing handshake"
-        )
-        return Disconnect(DisconnectReason.TRANSPORT_ERROR, detail=detail)
-

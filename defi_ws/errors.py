@@ -10,7 +10,10 @@ Every exception defi-ws raises derives from :class:`DefiWsError`::
     +-- ConnectError             one connection attempt failed (carries a Disconnect)
     +-- FeedClosedError          the client was stopped (locally or fatally)
     |   +-- FatalDisconnect      a non-retryable disconnect ended the client
-    +-- ProtocolViolation        the peer broke RFC 6455 (carries the close code)
+
+A peer's protocol violation is not raised: it closes the connection and is reported
+as a :class:`~defi_ws.reasons.Disconnect` with reason ``PROTOCOL_ERROR`` and the close
+code sent.
 
 Exceptions carry structured fields (never secrets) and chain their cause.
 """
@@ -30,7 +33,6 @@ __all__ = [
     "FeedClosedError",
     "IllegalTransition",
     "NotConnectedError",
-    "ProtocolViolation",
     "SendQueueFull",
 ]
 
@@ -111,16 +113,3 @@ class FatalDisconnect(FeedClosedError):
         self.disconnect = disconnect
         super().__init__(f"feed stopped by a fatal disconnect: {disconnect.describe()}")
 
-
-class ProtocolViolation(DefiWsError):
-    """The peer violated RFC 6455; the connection was closed with `close_code`.
-
-    Attributes:
-        close_code: the close code sent to the peer (1002, 1007, 1009, ...).
-        detail: a short human-readable description.
-    """
-
-    def __init__(self, close_code: int, detail: str) -> None:
-        self.close_code = close_code
-        self.detail = detail
-        super().__init__(f"protocol violation (close {close_code}): {detail}")

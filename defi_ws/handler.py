@@ -4,6 +4,11 @@ A handler knows one venue's protocol: where to connect, how to log in, how to
 (un)subscribe, how to recognise acks, and how to decode. It holds no connection state
 the supervisor depends on; the desired subscription set lives in the client.
 
+Optional methods, looked up on the handler: ``topic_of(message) -> str | None`` (for
+per-topic stale windows) and ``sequence_of(message) -> (topic, seq) | None`` (for gap
+detection; ``tracks_sequences = False`` turns it off). :class:`JsonHandler` defines both
+as ordinary methods a subclass may override.
+
 Call order per connection (the supervisor guarantees it)::
 
     url(attempt) -> on_connection() -> auth_messages() -> [classify() sees AuthReply]
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -58,6 +63,8 @@ class AuthReply:
     ok: bool
     detail: str = ""
 
+
+T = TypeVar("T")
 
 #: What ``classify`` reports about one message.
 Control = Ack | AuthReply
@@ -103,8 +110,19 @@ class ExchangeHandler(Protocol):
     def on_message(self, message: Any) -> None:
         """Receive one data message."""
 
+    # Optional (looked up with getattr; a handler may leave them out):
+    #
+    # def topic_of(self, message) -> str | None
+    #     The topic of a data message: per-topic stale windows need it.
+    # def sequence_of(self, message) -> tuple[str, int] | None
+    #     (topic, sequence number) of a data message: gap detection needs it.
+    # tracks_sequences: bool
+    #     False turns gap detection off although sequence_of exists.
+    # data_sink: Callable[[Any], object]
+    #     What the hot path calls per data message instead of on_message.
 
-def chunked(items: Sequence[str], size: int) -> list[list[str]]:
+
+def chunked(items: Sequence[T], size: int) -> list[list[T]]:
     """Split ``items`` into lists of at most ``size``."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
@@ -153,18 +171,25 @@ class JsonHandler:
         self._on_data = on_data
         self.max_topics_per_message = max_topics_per_message
         self._sequence_field = sequence_field
-        #: ``(topic, seq)`` of a data message; None when sequences are not tracked.
-        self.sequence_of: Callable[[Any], tuple[str, int] | None] | None = (
-            self._read_sequence if sequence_field is not None else None
-        )
+
+    @property
+    def tracks_sequences(self) -> bool:
+        """Whether :meth:`sequence_of` is in use: ``sequence_field`` is set, or a
+        subclass overrides :meth:`sequence_of`."""
+        return (self._sequence_field is not None
+                or type(self).sequence_of is not JsonHandler.sequence_of)
 
     def topic_of(self, message: Any) -> str | None:
-        """The topic of a data message (its ``"topic"`` field)."""
+        """The topic of a data message (its ``"topic"`` field); override for your venue."""
         topic = message.get("topic") if isinstance(message, dict) else None
         return topic if isinstance(topic, str) else None
 
-    def _read_sequence(self, message: Any) -> tuple[str, int] | None:
-        if not isinstance(message, dict):
+    def sequence_of(self, message: Any) -> tuple[str, int] | None:
+        """``(topic, seq)`` of a data message, from ``topic`` and ``sequence_field``.
+
+        Override it for another layout (gap detection then turns on by itself).
+        """
+        if self._sequence_field is None or not isinstance(message, dict):
             return None
         topic = message.get("topic")
         seq = message.get(self._sequence_field)

@@ -315,10 +315,19 @@ class Health:
         self.last_disconnect: str | None = None
         self._totals = dict.fromkeys(self._COUNTERS, 0)
         self._listener: Any = None
+        self._routed: Any = None
 
-    def attach(self, listener: Any, now: float) -> None:
-        """A connection opened; its listener's counters are now live."""
+    def attach(self, listener: Any, now: float, routed: Any = None) -> None:
+        """A connection opened; its listener's counters are now live.
+
+        Args:
+            listener: the connection's hot-path listener.
+            now: the caller's clock.
+            routed: an object whose ``routed_messages`` counts data messages that went
+                through the control router (they are data: ``messages`` includes them).
+        """
         self._listener = listener
+        self._routed = routed
         self.connects += 1
         self.connected_at = now
 
@@ -327,12 +336,17 @@ class Health:
         if self._listener is not None:
             for name in self._COUNTERS:
                 self._totals[name] += getattr(self._listener, name)
+        if self._routed is not None:
+            self._totals["messages"] += self._routed.routed_messages
         self._listener = None
+        self._routed = None
         self.connected_at = None
 
     def counter(self, name: str) -> int:
         """A hot-path counter summed over every connection (e.g. ``"messages"``)."""
         live = getattr(self._listener, name) if self._listener is not None else 0
+        if name == "messages" and self._routed is not None:
+            live += self._routed.routed_messages
         return int(self._totals[name] + live)
 
     def snapshot(self, now: float | None = None, **extra: Any) -> dict[str, Any]:

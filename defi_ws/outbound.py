@@ -70,3 +70,24 @@ class Outbound:
         self.messages_sent += len(payloads)
         self.writes += 1
         return len(payloads)
+
+    def send_mixed(self, conn: Connection, messages: Iterable[tuple[OutboundMessage, bool]]) -> int:
+        """Send ``(message, binary)`` pairs as consecutive frames in one write.
+
+        Returns:
+            The number of messages written.
+
+        Raises:
+            NotConnectedError: the connection is closing or closed.
+        """
+        data = bytearray()
+        count = 0
+        for message, binary in messages:
+            data += self._encoder.encode_one(to_payload(message), binary)
+            count += 1
+        if not count:
+            return 0
+        conn.write(data)
+        self.messages_sent += count
+        self.writes += 1
+        return count

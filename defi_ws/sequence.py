@@ -39,13 +39,24 @@ class Gap:
 class SequenceTracker:
     """Per-topic sequence bookkeeping (sans-I/O).
 
+    Memory is bounded: at most ``max_topics`` topics are tracked; past that the topic
+    tracked longest is forgotten (its next number starts it again, without a gap).
+    The client forgets a topic when it is subscribed or unsubscribed on purpose, so a
+    deliberate resubscribe never reports the messages in between as a gap.
+
+    Args:
+        max_topics: most topics tracked at once (>= 1).
+
     Attributes:
         gaps: gaps found so far.
         missing: messages missing in total.
         duplicates: messages whose number was not above the last one seen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_topics: int = 4096) -> None:
+        if max_topics < 1:
+            raise ValueError(f"max_topics must be >= 1, got {max_topics}")
+        self.max_topics = max_topics
         self._last: dict[str, int] = {}
         self._seen_this_connection: set[str] = set()
         self.gaps = 0
@@ -57,8 +68,13 @@ class SequenceTracker:
         self._seen_this_connection.clear()
 
     def forget(self, topic: str) -> None:
-        """Stop tracking ``topic`` (after an unsubscribe)."""
+        """Stop tracking ``topic`` (after a deliberate unsubscribe or subscribe)."""
         self._last.pop(topic, None)
+        self._seen_this_connection.discard(topic)
+
+    def __len__(self) -> int:
+        """Return the number of topics tracked."""
+        return len(self._last)
 
     def last(self, topic: str) -> int | None:
         """The last sequence number seen for ``topic``."""
@@ -73,6 +89,10 @@ class SequenceTracker:
         if last is not None and seq <= last:
             self.duplicates += 1
             return None
+        if last is None and len(self._last) >= self.max_topics:
+            oldest = next(iter(self._last))
+            del self._last[oldest]
+            self._seen_this_connection.discard(oldest)
         self._last[topic] = seq
         if last is None or seq == last + 1:
             return None

@@ -48,6 +48,9 @@ class TopicState(enum.Enum):
 
     UNSENT = "unsent"
     """Not yet subscribed on this connection."""
+    QUEUED = "queued"
+    """Its subscribe message is built and waits in the outbox (pacing); used by
+    :class:`~defi_ws.session.Session`, never by :class:`SubscriptionSet`."""
     PENDING = "pending"
     """Subscribe sent; waiting for the venue's answer."""
     CONFIRMED = "confirmed"

@@ -1,4 +1,4 @@
-"""Test support shipped with defi-ws: a plain RFC 6455 frame codec and a venue simulator.
+"""Test support shipped with defi-ws: a frame codec, an in-memory transport, a venue simulator.
 
 The simulator is imported lazily (on first access to :class:`ExchangeSimulator` or
 :func:`login_message`), so importing the frame codec does not load the server, and
@@ -13,10 +13,13 @@ from defi_ws.testing.frames import Frame, Opcode, build_frame, parse_frames
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection, login_message
+    from defi_ws.transport import MemoryConnection, MemoryTransport
 
 __all__ = [
     "ExchangeSimulator",
     "Frame",
+    "MemoryConnection",
+    "MemoryTransport",
     "Opcode",
     "SimConnection",
     "build_frame",
@@ -25,9 +28,14 @@ __all__ = [
 ]
 
 _LAZY = frozenset({"ExchangeSimulator", "SimConnection", "login_message"})
+_MEMORY = frozenset({"MemoryConnection", "MemoryTransport"})
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MEMORY:
+        from defi_ws import transport
+
+        return getattr(transport, name)
     if name in _LAZY:
         from defi_ws.testing import simulator
 
