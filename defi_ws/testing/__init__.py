@@ -1,6 +1,7 @@
 """Test support shipped with defi-ws: a frame codec, an in-memory transport, a venue simulator.
 
-The simulator is imported lazily (on first access to :class:`ExchangeSimulator` or
+The simulator is imported lazily (on first access to :class:`ExchangeSimulator`,
+:class:`SimConnection`, :class:`Dialect`, :class:`SequenceScope` or
 :func:`login_message`), so importing the frame codec does not load the server, and
 ``python -m defi_ws.testing.simulator`` does not import its module twice.
 """
@@ -12,22 +13,31 @@ from typing import TYPE_CHECKING, Any
 from defi_ws.testing.frames import Frame, Opcode, build_frame, parse_frames
 
 if TYPE_CHECKING:
-    from defi_ws.testing.simulator import ExchangeSimulator, SimConnection, login_message
+    from defi_ws.testing.simulator import (
+        Dialect,
+        ExchangeSimulator,
+        SequenceScope,
+        SimConnection,
+        login_message,
+    )
     from defi_ws.transport import MemoryConnection, MemoryTransport
 
 __all__ = [
+    "Dialect",
     "ExchangeSimulator",
     "Frame",
     "MemoryConnection",
     "MemoryTransport",
     "Opcode",
+    "SequenceScope",
     "SimConnection",
     "build_frame",
     "login_message",
     "parse_frames",
 ]
 
-_LAZY = frozenset({"ExchangeSimulator", "SimConnection", "login_message"})
+_LAZY = frozenset(
+    {"Dialect", "ExchangeSimulator", "SequenceScope", "SimConnection", "login_message"})
 _MEMORY = frozenset({"MemoryConnection", "MemoryTransport"})
 
 

@@ -47,6 +47,54 @@ string *topic key* per stream, so rates, sequences, faults and stats are per key
 
 Login (``api_key``) is only part of the generic protocol.
 
+Venue limits are opt-in constructor arguments (all off by default); every hit is
+counted (``stats()["limit_hits"]`` is their sum, so a test can assert a client never
+hit one):
+
+* ``max_topics_per_connection``: a subscribe beyond it is refused and the topic is not
+  added (generic: ``{"event": "error", "topic": t, "msg": "too many topics on this
+  connection"}`` per topic; Binance: the whole request, code 2; OKX: per arg, code
+  ``60012``). Counted per topic in ``topic_limit_rejections``.
+* ``max_topics_per_message``: a subscribe message carrying more topics is refused whole
+  (generic: one error per topic, ``"too many topics in one message"``; Binance: one
+  error, code 2; OKX: one error, code ``60012``). Counted per message in
+  ``oversized_subscribes``. Unsubscribes are not limited.
+* ``max_messages_per_s`` (and ``messages_burst``): inbound messages per connection
+  (text/binary messages, and PING/PONG frames unless ``rate_counts_control_frames`` is
+  False; as Binance counts them). The message over it is not processed and the
+  connection is closed with CLOSE 1008 ``"Too many requests"``, what Binance is
+  reported to send (its docs give no close code). OKX first gets
+  ``{"event": "error", "code": "60014", "msg": "Requests too frequent."}``. Counted
+  in ``rate_violations``.
+* ``max_connections_per_window=(count, window_s)``: completed upgrades per client IP in
+  any ``window_s``; more are refused with HTTP 429 and a ``Retry-After`` (whole
+  seconds until a slot frees). Counted in ``connections_rate_limited``.
+
+Maximum connection age (``max_connection_age_s``, scaled down for tests): the
+connection gets the dialect's advance notice ``notice_before_s`` ahead (when set), then
+CLOSE 1001 ``"max connection age"`` at the age. :meth:`ExchangeSimulator.announce_shutdown`
+sends the notice now (and cuts after ``cut_after_s``). The notices::
+
+    generic:  {"event": "notice", "type": "shutdown", "cut_in_ms": 5000}
+    Binance:  {"e": "serverShutdown", "E": <ms now>}
+    OKX:      {"event": "notice", "code": "64008", "msg": "The connection will soon be
+               closed for a service upgrade. Please reconnect.", "connId": "..."}
+
+Sequence numbering (``sequence_scope``): ``SequenceScope.TOPIC`` (default) numbers
+each topic once for the whole simulator and sends the very same bytes object to every
+subscriber (a client with two connections can de-duplicate exactly; a late subscriber
+starts at the current number). ``SequenceScope.CONNECTION`` numbers each topic per
+connection (generic ``seq``, Binance ``t``, OKX ``tradeId``/``seqId``); the rest of the
+message is byte-identical across connections for one event, and the generic ``data``
+object carries a unique ``"tid"`` (16 hex digits) instead of ``"id"``, so hashing
+``data`` tells events apart and finds duplicates.
+
+Per-connection control for pool tests: :meth:`ExchangeSimulator.stall` (stream messages
+produced meanwhile are never sent to that connection; ``half_open=True`` also withholds
+its replies and pongs), :meth:`ExchangeSimulator.resume`, :meth:`ExchangeSimulator.drop`
+(RST), :meth:`ExchangeSimulator.subscribed_connections` and
+:meth:`ExchangeSimulator.messages_sent_by_connection`.
+
 Faults are methods: some act on the current connections (``drop_all``, ``close_all``,
 ``send_garbage``...), others are switches that hold for current and next connections
 until turned off (``silence``, ``withhold_pongs``, ``delay_pongs``, ``reject_auth``,
@@ -69,6 +117,7 @@ import argparse
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import hmac
 import logging
@@ -93,10 +142,16 @@ from defi_ws._picows_log import PicowsLog
 from defi_ws.testing.frames import Opcode, build_frame
 
 __all__ = [
+    "AGE_CLOSE_CODE",
+    "AGE_CLOSE_REASON",
     "ALL_FAULTS",
+    "RATE_CLOSE_CODE",
+    "RATE_CLOSE_REASON",
     "RECOVERABLE_FAULTS",
+    "SHUTDOWN_CLOSE_REASON",
     "Dialect",
     "ExchangeSimulator",
+    "SequenceScope",
     "SimConnection",
     "login_message",
     "login_signature",
@@ -136,9 +191,35 @@ class Dialect(enum.Enum):
     OKX = "okx"
 
 
+class SequenceScope(enum.Enum):
+    """How an :class:`ExchangeSimulator` numbers stream messages."""
+
+    #: One sequence per topic for the whole simulator, shared by every connection: one
+    #: event is the same bytes on every connection (exact de-duplication works).
+    TOPIC = "topic"
+    #: One sequence per topic per connection: ids differ between connections, the rest
+    #: of the message does not (de-duplication must hash the payload).
+    CONNECTION = "connection"
+
+
+#: The close code and reason for a client over the inbound message rate (Binance is
+#: seen closing such connections with ``1008 Too many requests``).
+RATE_CLOSE_CODE = 1008
+RATE_CLOSE_REASON = "Too many requests"
+#: The close code and reasons of a connection cut for its age or an announced shutdown.
+AGE_CLOSE_CODE = 1001
+AGE_CLOSE_REASON = "max connection age"
+SHUTDOWN_CLOSE_REASON = "server shutdown"
+_OKX_NOTICE_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
+
 _BINANCE_STREAM = re.compile(r"[a-z0-9]+@trade")
 _OKX_INST_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)+")
 _OKX_CHANNELS = frozenset({"trades"})
+
+
+def _trade_hash(topic: str, event: int) -> str:
+    """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
+    return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
 
 
 def _okx_conn_id(conn_id: int) -> str:
@@ -193,12 +274,25 @@ class SimConnection:
             none), or None.
         messages_received: text/binary messages the client sent.
         messages_sent: stream messages delivered to this connection.
+        messages_withheld: stream messages not sent because the connection was stalled.
         pings_received: WebSocket PINGs and application pings received.
         write_paused: whether the socket's write buffer is above its high-water mark.
         disconnected: set once the connection is gone.
+        peer_ip: the client's IP address ("" when unknown).
+        opened_at: ``time.monotonic()`` when the upgrade was accepted.
+        stalled: stream messages are withheld (see :meth:`ExchangeSimulator.stall`).
+        half_open: replies and pongs are withheld too.
+        last_seq: the last per-connection sequence number sent, per topic (only with
+            ``SequenceScope.CONNECTION``).
+        notices_sent: shutdown notices sent to this connection.
+        cut_reason: why the simulator closed it for a limit or its age
+            (``RATE_CLOSE_REASON``, ``AGE_CLOSE_REASON``, ``SHUTDOWN_CLOSE_REASON``),
+            or None.
     """
 
-    def __init__(self, sim: ExchangeSimulator, conn_id: int, request: Any) -> None:
+    def __init__(
+        self, sim: ExchangeSimulator, conn_id: int, request: Any, peer_ip: str = ""
+    ) -> None:
         self._sim = sim
         self.id = conn_id
         self.path = bytes(request.path).decode("latin-1")
@@ -209,12 +303,24 @@ class SimConnection:
         self.close_code_received: int | None = None
         self.messages_received = 0
         self.messages_sent = 0
+        self.messages_withheld = 0
         self.pings_received = 0
         self.write_paused = False
         self.disconnected = asyncio.Event()
+        self.peer_ip = peer_ip
+        self.opened_at = time.monotonic()
+        self.stalled = False
+        self.half_open = False
+        self.last_seq: dict[str, int] = {}
+        self.notices_sent = 0
+        self.cut_reason: str | None = None
         self._ws: Any = None
         self._handles: set[asyncio.TimerHandle] = set()
         self._fragments: bytearray | None = None
+        # inbound rate: arrival times (sliding window) or a token bucket
+        self._arrivals: deque[float] = deque()
+        self._tokens = 0.0
+        self._tokens_at: float | None = None
 
     def __repr__(self) -> str:
         return f"<SimConnection #{self.id} topics={sorted(self.topics)}>"
@@ -375,7 +481,9 @@ class _Gate(asyncio.Protocol):
         transport = self._transport
         if self._lost or transport is None or transport.is_closing():
             return
-        protocol = self._sim._new_ws_protocol()
+        peer = transport.get_extra_info("peername")
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        protocol = self._sim._new_ws_protocol(peer_ip)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buffered))
@@ -413,6 +521,26 @@ class ExchangeSimulator:
             are the dialect's topic keys (``"btcusdt@trade"``, ``"trades:BTC-USDT"``).
         ssl_context: serve TLS (``wss://``) with this server context, e.g. one
             configured by a ``trustme`` certificate.
+        max_topics_per_connection: most topics one connection may hold; a subscribe
+            beyond it is refused in the dialect and not added (None: no limit).
+        max_topics_per_message: most topics one subscribe message may carry; a larger
+            message is refused whole (None: no limit).
+        max_messages_per_s: most inbound messages per connection in any 1 s (a sliding
+            window); one more closes the connection with CLOSE 1008 (None: no limit).
+        messages_burst: with ``max_messages_per_s``, a token bucket of this capacity
+            refilled at ``max_messages_per_s`` instead of the sliding window (more
+            lenient: ``burst + rate`` messages may arrive within one second).
+        rate_counts_control_frames: whether PING and PONG frames count towards
+            ``max_messages_per_s`` (True, as Binance counts them).
+        max_connections_per_window: ``(count, window_s)``: at most ``count`` accepted
+            upgrades per client IP within any ``window_s``; more are refused with HTTP
+            429 and a ``Retry-After`` (None: no limit).
+        max_connection_age_s: close every connection with CLOSE 1001 at this age
+            (None: connections live for ever).
+        notice_before_s: with ``max_connection_age_s``, send the dialect's shutdown
+            notice this long before the cut (None: no notice).
+        sequence_scope: ``SequenceScope.TOPIC`` (or ``"topic"``, default) or
+            ``SequenceScope.CONNECTION`` (``"connection"``); see the module docstring.
 
     Attributes:
         dialect: the venue protocol spoken.
@@ -433,6 +561,15 @@ class ExchangeSimulator:
         close_codes_received: the code of every CLOSE frame clients sent.
         write_pauses: times a connection's write buffer crossed its high-water mark.
         faults: how many times each fault was injected, by name.
+        sequence_scope: how stream messages are numbered.
+        topic_limit_rejections: topics refused for ``max_topics_per_connection``.
+        oversized_subscribes: subscribe messages refused for ``max_topics_per_message``.
+        rate_violations: connections closed for ``max_messages_per_s``.
+        connections_rate_limited: upgrades refused (429) for
+            ``max_connections_per_window``.
+        shutdown_notices: shutdown notices sent (age limit and ``announce_shutdown``).
+        shutdown_cuts: connections closed for their age or an announced shutdown.
+        messages_withheld: stream messages not sent to stalled connections.
     """
 
     def __init__(
@@ -449,6 +586,15 @@ class ExchangeSimulator:
         max_frame_size: int = 1024 * 1024,
         dialect: Dialect = Dialect.GENERIC,
         ssl_context: ssl.SSLContext | None = None,
+        max_topics_per_connection: int | None = None,
+        max_topics_per_message: int | None = None,
+        max_messages_per_s: int | None = None,
+        messages_burst: int | None = None,
+        rate_counts_control_frames: bool = True,
+        max_connections_per_window: tuple[int, float] | None = None,
+        max_connection_age_s: float | None = None,
+        notice_before_s: float | None = None,
+        sequence_scope: SequenceScope | str = SequenceScope.TOPIC,
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together")
@@ -457,6 +603,37 @@ class ExchangeSimulator:
             raise ValueError("login (api_key) is only supported by the GENERIC dialect")
         if rate_per_s < 0:
             raise ValueError("rate_per_s must be >= 0")
+        for name, limit in (
+            ("max_topics_per_connection", max_topics_per_connection),
+            ("max_topics_per_message", max_topics_per_message),
+            ("max_messages_per_s", max_messages_per_s),
+            ("messages_burst", messages_burst),
+        ):
+            if limit is not None and not (isinstance(limit, int) and limit >= 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {limit!r}")
+        if messages_burst is not None and max_messages_per_s is None:
+            raise ValueError("messages_burst needs max_messages_per_s")
+        if max_connections_per_window is not None:
+            count, window_s = max_connections_per_window
+            if not (isinstance(count, int) and count >= 1 and window_s > 0):
+                raise ValueError("max_connections_per_window must be (count >= 1, "
+                                 f"window_s > 0), got {max_connections_per_window!r}")
+        if max_connection_age_s is not None and not max_connection_age_s > 0:
+            raise ValueError("max_connection_age_s must be > 0 or None")
+        if notice_before_s is not None and (
+            max_connection_age_s is None or not 0 <= notice_before_s <= max_connection_age_s
+        ):
+            raise ValueError("notice_before_s needs max_connection_age_s and must be "
+                             "between 0 and it")
+        self.sequence_scope = SequenceScope(sequence_scope)
+        self.max_topics_per_connection = max_topics_per_connection
+        self.max_topics_per_message = max_topics_per_message
+        self.max_messages_per_s = max_messages_per_s
+        self.messages_burst = messages_burst
+        self.rate_counts_control_frames = rate_counts_control_frames
+        self.max_connections_per_window = max_connections_per_window
+        self.max_connection_age_s = max_connection_age_s
+        self.notice_before_s = notice_before_s
         self._port = port
         self._ssl_context = ssl_context
         self._rate = float(rate_per_s)
@@ -486,6 +663,13 @@ class ExchangeSimulator:
         self.close_codes_received: list[int] = []
         self.write_pauses = 0
         self.faults: Counter[str] = Counter()
+        self.topic_limit_rejections = 0
+        self.oversized_subscribes = 0
+        self.rate_violations = 0
+        self.connections_rate_limited = 0
+        self.shutdown_notices = 0
+        self.shutdown_cuts = 0
+        self.messages_withheld = 0
 
         # fault switches
         self._silent = False
@@ -503,6 +687,8 @@ class ExchangeSimulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: dict[int, SimConnection] = {}
         self._next_id = 0
+        self._sent_by_gone: dict[int, int] = {}  # messages_sent of closed connections
+        self._upgrades_by_ip: dict[str, deque[float]] = {}
         self._subscribers: dict[str, set[SimConnection]] = {}
         self._credit: dict[str, float] = {}
         self._prices: dict[str, float] = {}
@@ -628,6 +814,52 @@ class ExchangeSimulator:
         """
         return len(self._subscribers.get(topic, ()))
 
+    def subscribed_connections(self, topic: str) -> list[int]:
+        """The ids of the connections subscribed to ``topic``.
+
+        Args:
+            topic: the topic (the dialect's topic key).
+
+        Returns:
+            The connection ids, ascending.
+        """
+        return sorted(conn.id for conn in self._subscribers.get(topic, ()))
+
+    def connection(self, conn_id: int) -> SimConnection | None:
+        """The connection with id ``conn_id`` while it is up.
+
+        Args:
+            conn_id: the connection's id.
+
+        Returns:
+            The connection, or None when it is gone or never existed.
+        """
+        return self._conns.get(conn_id)
+
+    def messages_sent_by_connection(self) -> dict[int, int]:
+        """Stream messages sent to each connection, closed ones included.
+
+        Returns:
+            ``{connection id: messages sent}`` for every connection since the start.
+        """
+        out = dict(self._sent_by_gone)
+        out.update((conn.id, conn.messages_sent) for conn in self._conns.values())
+        return dict(sorted(out.items()))
+
+    @property
+    def limit_hits(self) -> int:
+        """How many times any venue limit was hit (0: the clients kept every limit).
+
+        The sum of ``topic_limit_rejections``, ``oversized_subscribes``,
+        ``rate_violations`` and ``connections_rate_limited``.
+        """
+        return (
+            self.topic_limit_rejections
+            + self.oversized_subscribes
+            + self.rate_violations
+            + self.connections_rate_limited
+        )
+
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters, for logs and soak reports.
 
@@ -651,6 +883,16 @@ class ExchangeSimulator:
             "close_codes_received": list(self.close_codes_received),
             "write_pauses": self.write_pauses,
             "faults": dict(self.faults),
+            "sequence_scope": self.sequence_scope.value,
+            "limit_hits": self.limit_hits,
+            "topic_limit_rejections": self.topic_limit_rejections,
+            "oversized_subscribes": self.oversized_subscribes,
+            "rate_violations": self.rate_violations,
+            "connections_rate_limited": self.connections_rate_limited,
+            "shutdown_notices": self.shutdown_notices,
+            "shutdown_cuts": self.shutdown_cuts,
+            "messages_withheld": self.messages_withheld,
+            "stalled_connections": sorted(c.id for c in self._conns.values() if c.stalled),
         }
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -708,7 +950,8 @@ class ExchangeSimulator:
         """Generate ``n`` messages of ``topic`` now and send them to its subscribers.
 
         Nothing is generated (and the sequence does not move) when nobody is
-        subscribed or the simulator is silenced.
+        subscribed or the simulator is silenced. Stalled connections are subscribed:
+        the messages are generated but never sent to them.
 
         Args:
             topic: the topic.
@@ -724,6 +967,8 @@ class ExchangeSimulator:
 
     def sequence_gap(self, topic: str, skip: int = 1) -> None:
         """Make the next message of ``topic`` skip ``skip`` sequence numbers.
+
+        With ``SequenceScope.CONNECTION`` every subscribed connection's number skips.
 
         Args:
             topic: the topic.
@@ -766,22 +1011,63 @@ class ExchangeSimulator:
         price = self._prices.get(topic) or 100.0 + rng.random() * 900.0
         seq = self.last_seq.get(topic, 0)
         ts = int(time.time() * 1000)
+        per_connection = self.sequence_scope is SequenceScope.CONNECTION
+        coin = self.dialect is not Dialect.GENERIC  # Binance "m", OKX "side"
         for _ in range(count):
-            seq += 1 + self._pending_gaps.pop(topic, 0)
+            skip = self._pending_gaps.pop(topic, 0)
+            seq += 1 + skip
             price = max(0.01, price * (1.0 + rng.gauss(0.0, 0.0005)))
-            qty = f"{rng.uniform(0.001, 2.0):.4f}"
-            payload = self._payload(topic, seq, f"{price:.2f}", qty, ts)
-            for conn in subs:
-                if conn.open:
+            px, qty = f"{price:.2f}", f"{rng.uniform(0.001, 2.0):.4f}"
+            flip = coin and rng.random() < 0.5
+            if not per_connection:
+                # One bytes object for every subscriber: exact de-duplication works.
+                payload = self._payload(topic, seq, px, qty, ts, flip)
+                for conn in subs:
+                    if conn.stalled or not conn.open:
+                        self._deliver(conn, topic, payload)  # counts a withheld message
+                        continue
                     conn._ws.send(picows.WSMsgType.TEXT, payload)
                     conn.messages_sent += 1
                     self.messages_sent[topic] += 1
+                continue
+            generic = self.dialect is Dialect.GENERIC
+            head = tail = b""
+            if generic:
+                # The same "data" bytes on every connection; only "seq" differs.
+                data = orjson.dumps(
+                    {"px": px, "qty": qty, "tid": _trade_hash(topic, seq), "ts": ts})
+                head = b'{"topic":' + orjson.dumps(topic) + b',"seq":'
+                tail = b',"data":' + data + b"}"
+            for conn in subs:
+                if not conn.open:
+                    continue
+                own = conn.last_seq[topic] = conn.last_seq.get(topic, 0) + 1 + skip
+                if generic:
+                    payload = head + str(own).encode() + tail
+                else:
+                    payload = self._payload(topic, own, px, qty, ts, flip)
+                self._deliver(conn, topic, payload)
         self._prices[topic] = price
         self.last_seq[topic] = seq
         self._notify()
 
-    def _payload(self, topic: str, seq: int, px: str, qty: str, ts: int) -> bytes:
-        """One stream message of ``topic`` in the simulator's dialect."""
+    def _deliver(self, conn: SimConnection, topic: str, payload: bytes) -> None:
+        if not conn.open:
+            return
+        if conn.stalled:
+            conn.messages_withheld += 1
+            self.messages_withheld += 1
+            return
+        conn._ws.send(picows.WSMsgType.TEXT, payload)
+        conn.messages_sent += 1
+        self.messages_sent[topic] += 1
+
+    def _payload(self, topic: str, seq: int, px: str, qty: str, ts: int, flip: bool) -> bytes:
+        """One stream message of ``topic`` in the simulator's dialect.
+
+        Every field but the sequence is a function of the arguments, so one event
+        serialised for two connections differs only in its sequence fields.
+        """
         if self.dialect is Dialect.BINANCE:
             symbol = topic.partition("@")[0].upper()
             return orjson.dumps(
@@ -793,19 +1079,18 @@ class ExchangeSimulator:
                     "p": px,
                     "q": qty,
                     "T": ts,
-                    "m": self._rng.random() < 0.5,
+                    "m": flip,
                     "M": True,
                 }
             )
         if self.dialect is Dialect.OKX:
             channel, _, inst_id = topic.partition(":")
-            side = "buy" if self._rng.random() < 0.5 else "sell"
             trade = {
                 "instId": inst_id,
                 "tradeId": str(seq),
                 "px": px,
                 "sz": qty,
-                "side": side,
+                "side": "buy" if flip else "sell",
                 "ts": str(ts),
                 "count": "1",
                 "source": "0",
@@ -1013,6 +1298,126 @@ class ExchangeSimulator:
             conn.send_raw(data)
         return len(conns)
 
+    # ================================================================ per connection
+
+    def _resolve(self, conn: SimConnection | int) -> SimConnection | None:
+        if isinstance(conn, SimConnection):
+            return conn if self._conns.get(conn.id) is conn else None
+        return self._conns.get(conn)
+
+    def stall(self, conn: SimConnection | int, *, half_open: bool = False) -> bool:
+        """Stop sending stream messages to one connection; TCP stays open.
+
+        Messages produced while it is stalled are never sent to it (its sequence
+        moves on, so the client sees a gap after :meth:`resume`); other connections
+        are not affected. With ``half_open`` its acks, pongs and notices are withheld
+        too (and its CLOSE is not answered): :meth:`silence` for one connection.
+
+        Args:
+            conn: the connection or its id.
+            half_open: withhold every reply as well.
+
+        Returns:
+            Whether the connection is up (and now stalled).
+        """
+        target = self._resolve(conn)
+        if target is None:
+            return False
+        self.faults["stall"] += 1
+        target.stalled = True
+        target.half_open = half_open
+        self._notify()
+        return True
+
+    def resume(self, conn: SimConnection | int) -> bool:
+        """Undo :meth:`stall`: the next stream messages are sent to the connection again.
+
+        Args:
+            conn: the connection or its id.
+
+        Returns:
+            Whether the connection is up.
+        """
+        target = self._resolve(conn)
+        if target is None:
+            return False
+        target.stalled = target.half_open = False
+        self._notify()
+        return True
+
+    def drop(self, conn: SimConnection | int) -> bool:
+        """Reset one connection (SO_LINGER 0 + abort: the client sees an RST).
+
+        Args:
+            conn: the connection or its id.
+
+        Returns:
+            Whether the connection was up.
+        """
+        target = self._resolve(conn)
+        if target is None:
+            return False
+        self.faults["drop_connection"] += 1
+        target.drop()
+        return True
+
+    def announce_shutdown(
+        self,
+        conn: SimConnection | int | None = None,
+        *,
+        cut_after_s: float = 1.0,
+        cut: bool = True,
+    ) -> int:
+        """Send the dialect's shutdown notice now, then cut after ``cut_after_s``.
+
+        The notice is the one the age limit sends (see the module docstring); the
+        cut is CLOSE 1001 ``"server shutdown"``. Notices are withheld under
+        :meth:`silence` and from half-open connections; the cut is not.
+
+        Args:
+            conn: one connection (or its id); None for every open connection.
+            cut_after_s: the delay announced, and of the cut.
+            cut: False to announce only (the connection is never cut for it).
+
+        Returns:
+            The number of connections the notice was meant for.
+        """
+        if cut_after_s < 0:
+            raise ValueError("cut_after_s must be >= 0")
+        if conn is None:
+            targets = [c for c in self._conns.values() if c.open]
+        else:
+            target = self._resolve(conn)
+            targets = [] if target is None or not target.open else [target]
+        for target in targets:
+            self._send_notice(target, cut_after_s)
+            if cut:
+                target._later(
+                    cut_after_s, functools.partial(self._cut, target, SHUTDOWN_CLOSE_REASON))
+        return len(targets)
+
+    def _send_notice(self, conn: SimConnection, cut_in_s: float) -> None:
+        if self._silent or conn.half_open or not conn.open:
+            return
+        if self.dialect is Dialect.BINANCE:
+            conn.send_json({"e": "serverShutdown", "E": int(time.time() * 1000)})
+        elif self.dialect is Dialect.OKX:
+            self._okx_reply(conn, {}, {"event": "notice", "code": "64008", "msg": _OKX_NOTICE_MSG})
+        else:
+            conn.send_json(
+                {"event": "notice", "type": "shutdown", "cut_in_ms": round(cut_in_s * 1000)})
+        conn.notices_sent += 1
+        self.shutdown_notices += 1
+        self._notify()
+
+    def _cut(self, conn: SimConnection, reason: str) -> None:
+        if not conn.open:
+            return
+        conn.cut_reason = reason
+        self.shutdown_cuts += 1
+        conn.close(AGE_CLOSE_CODE, reason)
+        self._notify()
+
     # ================================================================ random faults
 
     def random_faults(
@@ -1100,14 +1505,14 @@ class ExchangeSimulator:
         self._raw_transports = {t for t in self._raw_transports if not t.is_closing()}
         return _Gate(self, self._handshake_delay_s)
 
-    def _new_ws_protocol(self) -> asyncio.BufferedProtocol:
+    def _new_ws_protocol(self, peer_ip: str) -> asyncio.BufferedProtocol:
         # What picows.ws_create_server builds per connection (picows is pinned), built
         # here so an accepted socket can be held back before the upgrade.
         protocol: asyncio.BufferedProtocol = WSProtocol(
             None,  # host+port
             None,  # ws_path
             False,  # is_client_side
-            self._upgrade,
+            functools.partial(self._upgrade, peer_ip=peer_ip),
             PicowsLog(_PICOWS_LOG),  # one logger name, no query or header values
             True,  # disconnect_on_exception
             5.0,  # websocket_handshake_timeout
@@ -1122,7 +1527,7 @@ class ExchangeSimulator:
         )
         return protocol
 
-    def _upgrade(self, request: picows.WSUpgradeRequest) -> Any:
+    def _upgrade(self, request: picows.WSUpgradeRequest, peer_ip: str = "") -> Any:
         status: int | None = None
         retry_after: float | None = None
         remaining = self._refuse_until - time.monotonic()
@@ -1132,6 +1537,9 @@ class ExchangeSimulator:
             status, retry_after = self._refuse_status, remaining
         elif self._handshake_rejections:
             status, retry_after = self._handshake_rejections.popleft()
+        elif (wait_s := self._connection_rate_wait(peer_ip)) is not None:
+            status, retry_after = 429, max(1.0, wait_s)
+            self.connections_rate_limited += 1
         if status is not None:
             self.handshakes_rejected += 1
             self.handshake_statuses.append(status)
@@ -1143,16 +1551,42 @@ class ExchangeSimulator:
             )
             return picows.WSUpgradeResponseWithListener(response, None)
         self._next_id += 1
-        conn = SimConnection(self, self._next_id, request)
+        conn = SimConnection(self, self._next_id, request, peer_ip)
         return _Listener(self, conn)
+
+    def _connection_rate_wait(self, peer_ip: str) -> float | None:
+        """None when ``peer_ip`` may open one more connection (it is then counted),
+        else the seconds until it may."""
+        limit = self.max_connections_per_window
+        if limit is None:
+            return None
+        count, window_s = limit
+        now = time.monotonic()
+        times = self._upgrades_by_ip.setdefault(peer_ip, deque())
+        while times and now - times[0] >= window_s:
+            times.popleft()
+        if len(times) < count:
+            times.append(now)
+            return None
+        return times[0] + window_s - now
 
     def _on_connected(self, conn: SimConnection) -> None:
         self.connections_accepted += 1
         self._conns[conn.id] = conn
+        conn.opened_at = time.monotonic()
+        age_s = self.max_connection_age_s
+        if age_s is not None:
+            conn._later(age_s, functools.partial(self._cut, conn, AGE_CLOSE_REASON))
+            if self.notice_before_s is not None:
+                conn._later(
+                    age_s - self.notice_before_s,
+                    functools.partial(self._send_notice, conn, self.notice_before_s),
+                )
         self._notify()
 
     def _on_disconnected(self, conn: SimConnection) -> None:
         conn._cancel_timers()
+        self._sent_by_gone[conn.id] = conn.messages_sent
         self._conns.pop(conn.id, None)
         for topic in conn.topics:
             subs = self._subscribers.get(topic)
@@ -1164,16 +1598,16 @@ class ExchangeSimulator:
     # ================================================================ inbound
 
     def _reply(self, conn: SimConnection, message: Any) -> None:
-        if not self._silent:
+        if not self._silent and not conn.half_open:
             conn.send_json(message)
 
     def _pong(self, conn: SimConnection, send: Callable[[], None]) -> None:
-        if self._silent or self._withhold_pongs:
+        if self._silent or self._withhold_pongs or conn.half_open:
             self.pongs_withheld += 1
             return
 
         def go() -> None:
-            if conn.open and not self._silent and not self._withhold_pongs:
+            if conn.open and not self._silent and not self._withhold_pongs and not conn.half_open:
                 send()
                 self.pongs_sent += 1
 
@@ -1185,20 +1619,26 @@ class ExchangeSimulator:
     def _on_frame(self, conn: SimConnection, frame: picows.WSFrame) -> None:
         msg_type = frame.msg_type
         ws = conn._ws
+        if conn.cut_reason == RATE_CLOSE_REASON and msg_type != picows.WSMsgType.CLOSE:
+            return  # closing for the rate limit: nothing more is read
         if msg_type == picows.WSMsgType.PING:
+            if self.rate_counts_control_frames and not self._inbound_allowed(conn):
+                return
             payload = frame.get_payload_as_bytes()
             self.pings_received += 1
             conn.pings_received += 1
             self._pong(conn, lambda: ws.send_pong(payload))
             return
         if msg_type == picows.WSMsgType.PONG:
+            if self.rate_counts_control_frames:
+                self._inbound_allowed(conn)
             return
         if msg_type == picows.WSMsgType.CLOSE:
             raw = frame.get_payload_as_bytes()
             code = int.from_bytes(raw[:2], "big") if len(raw) >= 2 else 1005
             conn.close_code_received = code
             self.close_codes_received.append(code)
-            if self._silent and not ws.is_close_frame_sent:
+            if (self._silent or conn.half_open) and not ws.is_close_frame_sent:
                 return  # half-open: never answer
             if not ws.is_close_frame_sent:
                 ws.send_close(picows.WSCloseCode(1000 if code == 1005 else code))
@@ -1218,7 +1658,45 @@ class ExchangeSimulator:
         else:
             data = frame.get_payload_as_bytes()
         conn.messages_received += 1
-        self._on_message(conn, data)
+        if self._inbound_allowed(conn):
+            self._on_message(conn, data)
+
+    def _inbound_allowed(self, conn: SimConnection) -> bool:
+        """Count one inbound message against ``max_messages_per_s``; on a violation
+        close the connection (1008) and return False."""
+        limit = self.max_messages_per_s
+        if limit is None:
+            return True
+        now = time.monotonic()
+        burst = self.messages_burst
+        if burst is not None:
+            if conn._tokens_at is None:
+                conn._tokens = float(burst)
+            else:
+                conn._tokens = min(float(burst), conn._tokens + (now - conn._tokens_at) * limit)
+            conn._tokens_at = now
+            if conn._tokens >= 1.0:
+                conn._tokens -= 1.0
+                return True
+        else:
+            arrivals = conn._arrivals
+            while arrivals and now - arrivals[0] >= 1.0:
+                arrivals.popleft()
+            if len(arrivals) < limit:
+                arrivals.append(now)
+                return True
+        self._rate_violation(conn)
+        return False
+
+    def _rate_violation(self, conn: SimConnection) -> None:
+        if conn.cut_reason == RATE_CLOSE_REASON:
+            return
+        self.rate_violations += 1
+        if self.dialect is Dialect.OKX:
+            self._okx_error(conn, {}, "60014", "Requests too frequent.")
+        conn.cut_reason = RATE_CLOSE_REASON
+        conn.close(RATE_CLOSE_CODE, RATE_CLOSE_REASON)
+        self._notify()
 
     def _on_message(self, conn: SimConnection, data: bytes) -> None:
         if self.dialect is Dialect.BINANCE:
@@ -1283,15 +1761,45 @@ class ExchangeSimulator:
             conn.login_before_subscribe = conn.logged_in
             if not conn.logged_in:
                 self.subscribe_before_login += 1
+        if self._too_many_in_message(len(topics)):
+            msg = "too many topics in one message"
+            for topic in topics:
+                self._reply(conn, {"event": "error", "topic": topic, "msg": msg})
+            self._notify()
+            return
         for topic in topics:
             if auth_on and not conn.logged_in:
                 self._reply(conn, {"event": "error", "topic": topic, "msg": "login required"})
             elif self._refused(topic):
                 self._reply(conn, {"event": "error", "topic": topic, "msg": "unknown topic"})
+            elif self._connection_full(conn, [topic]):
+                self._reply(conn, {"event": "error", "topic": topic,
+                                   "msg": "too many topics on this connection"})
             else:
                 self._add_topic(conn, topic)
                 self._reply(conn, {"event": "subscribed", "topic": topic})
         self._notify()
+
+    def _too_many_in_message(self, count: int) -> bool:
+        """Whether a subscribe of ``count`` topics breaks ``max_topics_per_message``
+        (counted when it does)."""
+        limit = self.max_topics_per_message
+        if limit is None or count <= limit:
+            return False
+        self.oversized_subscribes += 1
+        return True
+
+    def _connection_full(self, conn: SimConnection, topics: Iterable[str]) -> bool:
+        """Whether adding ``topics`` breaks ``max_topics_per_connection`` (the new
+        topics are counted as rejections when it does)."""
+        limit = self.max_topics_per_connection
+        if limit is None:
+            return False
+        new = set(topics) - conn.topics
+        if len(conn.topics) + len(new) <= limit:
+            return False
+        self.topic_limit_rejections += len(new)
+        return True
 
     def _unsubscribe(self, conn: SimConnection, topics: list[str]) -> None:
         for topic in topics:
@@ -1353,6 +1861,11 @@ class ExchangeSimulator:
         elif any(not _BINANCE_STREAM.fullmatch(s) or self._refused(s) for s in params):
             # Binance refuses the whole request when one stream is invalid.
             self._binance_error(conn, req_id, 2, "Invalid request: invalid stream")
+        elif self._too_many_in_message(len(params)):
+            self._binance_error(conn, req_id, 2, "Invalid request: too many streams in one request")
+        elif self._connection_full(conn, params):
+            self._binance_error(
+                conn, req_id, 2, "Invalid request: too many streams on this connection")
         else:
             for stream in params:
                 self._add_topic(conn, stream)
@@ -1390,6 +1903,10 @@ class ExchangeSimulator:
             self._okx_error(conn, head, "60012", f"Invalid request: {text}")
             return
         assert isinstance(args, list)
+        if op == "subscribe" and self._too_many_in_message(len(args)):
+            self._okx_error(conn, head, "60012", "Invalid request: too many args in one request")
+            self._notify()
+            return
         for arg in args:
             channel, inst_id = arg["channel"], arg["instId"]
             topic = f"{channel}:{inst_id}"
@@ -1407,6 +1924,9 @@ class ExchangeSimulator:
                     "use the correct URL, channel and parameters referring to API document."
                 )
                 self._okx_error(conn, head, "60018", msg)
+            elif self._connection_full(conn, [topic]):
+                self._okx_error(
+                    conn, head, "60012", "Invalid request: too many channels on this connection")
             else:
                 self._add_topic(conn, topic)
                 self._okx_reply(conn, head, {"event": "subscribe", "arg": echo})
