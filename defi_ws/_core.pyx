@@ -28,6 +28,11 @@ object a user can keep ever reads reused or freed memory:
   the buffer is handed off: the kept objects own it from then on and it is never
   written again; the listener takes a new one for the next message. What a user keeps
   therefore keeps reading the bytes of its own message.
+
+Redundant connections: listeners given one shared :class:`Deduplicator` drop a data
+message another connection already delivered, from a key read out of the raw bytes
+(an id field, a hash of one field's value, or a Python hook) before any view is made
+or anything decoded. Without one, the check costs a pointer test per message.
 """
 
 cimport cython
@@ -35,7 +40,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -497,6 +502,865 @@ cdef inline bint _view_escaped(PyObject* view) noexcept:
             or mv.weakreflist != NULL or (mv.flags & MEMORYVIEW_RELEASED) != 0)
 
 
+# ------------------------------------------------------------------ de-duplication
+
+cdef extern from *:
+    """
+    /* XXH64 (xxHash, Yann Collet, BSD 2-clause): a fast 64-bit hash of good quality.
+       Reads 8 bytes at a time, little-endian (byte-swapped on big-endian hosts). */
+    #include <stdint.h>
+    #include <string.h>
+    #define DW_P1 0x9E3779B185EBCA87ULL
+    #define DW_P2 0xC2B2AE3D27D4EB4FULL
+    #define DW_P3 0x165667B19E3779F9ULL
+    #define DW_P4 0x85EBCA77C2B2AE63ULL
+    #define DW_P5 0x27D4EB2F165667C5ULL
+    static inline uint64_t dw_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+    static inline uint64_t dw_read64(const uint8_t* p) {
+        uint64_t v; memcpy(&v, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+    #endif
+        return v;
+    }
+    static inline uint64_t dw_read32(const uint8_t* p) {
+        uint32_t v; memcpy(&v, p, 4);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap32(v);
+    #endif
+        return v;
+    }
+    static inline uint64_t dw_round(uint64_t acc, uint64_t input) {
+        acc += input * DW_P2; acc = dw_rotl(acc, 31); return acc * DW_P1;
+    }
+    static inline uint64_t dw_merge(uint64_t acc, uint64_t val) {
+        acc ^= dw_round(0, val); return acc * DW_P1 + DW_P4;
+    }
+    static uint64_t dw_xxh64(const void* data, size_t len, uint64_t seed) {
+        const uint8_t* p = (const uint8_t*)data;
+        const uint8_t* end = p + len;
+        uint64_t h;
+        if (len >= 32) {
+            const uint8_t* limit = end - 32;
+            uint64_t v1 = seed + DW_P1 + DW_P2, v2 = seed + DW_P2, v3 = seed, v4 = seed - DW_P1;
+            do {
+                v1 = dw_round(v1, dw_read64(p)); v2 = dw_round(v2, dw_read64(p + 8));
+                v3 = dw_round(v3, dw_read64(p + 16)); v4 = dw_round(v4, dw_read64(p + 24));
+                p += 32;
+            } while (p <= limit);
+            h = dw_rotl(v1, 1) + dw_rotl(v2, 7) + dw_rotl(v3, 12) + dw_rotl(v4, 18);
+            h = dw_merge(h, v1); h = dw_merge(h, v2); h = dw_merge(h, v3); h = dw_merge(h, v4);
+        } else {
+            h = seed + DW_P5;
+        }
+        h += (uint64_t)len;
+        while (p + 8 <= end) { h ^= dw_round(0, dw_read64(p)); h = dw_rotl(h, 27) * DW_P1 + DW_P4; p += 8; }
+        if (p + 4 <= end) { h ^= dw_read32(p) * DW_P1; h = dw_rotl(h, 23) * DW_P2 + DW_P3; p += 4; }
+        while (p < end) { h ^= (*p) * DW_P5; h = dw_rotl(h, 11) * DW_P1; p++; }
+        h ^= h >> 33; h *= DW_P2; h ^= h >> 29; h *= DW_P3; h ^= h >> 32;
+        return h;
+    }
+
+    /* First offset >= start of the k-byte needle key (k >= 3: a quoted name) in p[:n],
+       or -1. SSE2 (every x86-64): 16 candidate offsets per step, filtered on three
+       bytes of the needle (its opening quote, the name's first byte, its closing quote),
+       then compared in full. glibc's memmem costs ~380 instructions per call here. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    static inline Py_ssize_t dw_find_key(const uint8_t* p, Py_ssize_t n, const char* key_,
+                                         Py_ssize_t k, Py_ssize_t start) {
+        const uint8_t* key = (const uint8_t*)key_;
+        Py_ssize_t i = start;
+        const uint8_t c0 = key[0], c1 = key[1], last = key[k - 1];
+    #if defined(__SSE2__)
+        const __m128i v0 = _mm_set1_epi8((char)c0), v1 = _mm_set1_epi8((char)c1);
+        const __m128i vl = _mm_set1_epi8((char)last);
+        for (; i + k - 1 + 16 <= n; i += 16) {
+            __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(p + i)), v0);
+            __m128i b = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(p + i + 1)), v1);
+            __m128i c = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(p + i + k - 1)), vl);
+            unsigned int mask = (unsigned int)_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
+            while (mask) {
+                Py_ssize_t at = i + __builtin_ctz(mask);
+                if (k == 3 || memcmp(p + at + 2, key + 2, (size_t)(k - 3)) == 0)
+                    return at;
+                mask &= mask - 1;
+            }
+        }
+    #endif
+        for (; i + k <= n; i++) {
+            if (p[i] == c0 && p[i + 1] == c1 && p[i + k - 1] == last
+                    && memcmp(p + i + 2, key + 2, (size_t)(k - 3)) == 0)
+                return i;
+        }
+        return -1;
+    }
+
+    /* Read the decimal digits at p[i:] into *out (0 <= value <= 2**63 - 1). Returns the
+       offset after the last digit (i itself: no digit), or -1 above 2**63 - 1. Eight
+       digits per step while eight are there (SWAR, D. Lemire's method), then one by one. */
+    static inline Py_ssize_t dw_parse_digits(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
+                                             int64_t* out) {
+        uint64_t value = 0, w, chunk;
+        while (i + 8 <= n) {
+            memcpy(&w, p + i, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            w = __builtin_bswap64(w);
+    #endif
+            /* all eight bytes '0'..'9'? (high nibble 3, and no carry out when adding 6) */
+            if ((w & 0xF0F0F0F0F0F0F0F0ULL) != 0x3030303030303030ULL
+                    || ((w + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL)
+                        != 0x3030303030303030ULL)
+                break;
+            w -= 0x3030303030303030ULL;
+            w = (w * 10) + (w >> 8);
+            chunk = (((w & 0x000000FF000000FFULL) * (100 + (1000000ULL << 32)))
+                     + (((w >> 16) & 0x000000FF000000FFULL) * (1 + (10000ULL << 32)))) >> 32;
+            if (value > (9223372036854775807ULL - chunk) / 100000000ULL)
+                return -1;
+            value = value * 100000000ULL + chunk;
+            i += 8;
+        }
+        while (i < n && p[i] >= '0' && p[i] <= '9') {
+            uint64_t digit = (uint64_t)(p[i] - '0');
+            if (value > (9223372036854775807ULL - digit) / 10)
+                return -1;
+            value = value * 10 + digit;
+            i++;
+        }
+        *out = (int64_t)value;
+        return i;
+    }
+    """
+    Py_ssize_t parse_digits "dw_parse_digits"(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
+                                              int64_t* out) noexcept nogil
+    uint64_t xxh64 "dw_xxh64"(const void* data, size_t length, uint64_t seed) noexcept nogil
+    Py_ssize_t find_key "dw_find_key"(const uint8_t* p, Py_ssize_t n, const char* key,
+                                      Py_ssize_t k, Py_ssize_t start) noexcept nogil
+
+
+
+
+# JSON bytes the field scanner looks at.
+cdef enum:
+    CH_TAB = 9
+    CH_LF = 10
+    CH_CR = 13
+    CH_SPACE = 32
+    CH_QUOTE = 34
+    CH_COMMA = 44
+    CH_DOT = 46
+    CH_COLON = 58
+    CH_UPPER_E = 69
+    CH_LBRACKET = 91
+    CH_BACKSLASH = 92
+    CH_RBRACKET = 93
+    CH_LOWER_E = 101
+    CH_LBRACE = 123
+    CH_RBRACE = 125
+
+
+def _xxh64(data, uint64_t seed=0):
+    """XXH64 of a bytes-like object (the hash of the dedup fallback; for tests)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return xxh64(view.buf, <size_t>view.len, seed)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef inline bint _is_ws(uint8_t c) noexcept nogil:
+    return c == CH_SPACE or c == CH_TAB or c == CH_LF or c == CH_CR
+
+
+cdef inline Py_ssize_t _find_field(const uint8_t* p, Py_ssize_t n, const char* key,
+                                   Py_ssize_t klen) noexcept nogil:
+    """Offset of the value of the first ``"field"`` key in ``p[:n]``, or -1.
+
+    ``key`` is the field name with its quotes. A match is the first occurrence of
+    ``key`` whose opening quote is not preceded by a backslash (an escaped quote is
+    inside a string), followed by optional whitespace and ``:``. In valid JSON that is
+    exactly the first key of that name in document order, at any depth.
+    """
+    cdef Py_ssize_t start = 0
+    cdef Py_ssize_t at, i
+    while start < n:
+        at = find_key(p, n, key, klen, start)
+        if at < 0:
+            return -1
+        start = at + 1
+        if at > 0 and p[at - 1] == CH_BACKSLASH:
+            continue
+        i = at + klen
+        while i < n and _is_ws(p[i]):
+            i += 1
+        if i < n and p[i] == CH_COLON:
+            i += 1
+            while i < n and _is_ws(p[i]):
+                i += 1
+            return i if i < n else -1
+    return -1
+
+
+cdef inline bint _parse_id(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
+                           int64_t* out) noexcept nogil:
+    """Read a non-negative integer (bare or quoted) at ``p[i]`` into ``out``.
+
+    False (no id) for a negative, fractional or exponent number, anything but digits,
+    an empty or unterminated quoted string, and a value above 2**63 - 1.
+    """
+    cdef bint quoted = p[i] == CH_QUOTE
+    cdef int64_t value = 0
+    cdef Py_ssize_t start
+    if quoted:
+        i += 1
+    start = i
+    i = parse_digits(p, n, i, &value)
+    if i <= start:
+        return False    # no digit, or above 2**63 - 1
+    if quoted:
+        if i >= n or p[i] != CH_QUOTE:
+            return False
+    elif i < n and (p[i] == CH_DOT or p[i] == CH_LOWER_E or p[i] == CH_UPPER_E):
+        return False
+    out[0] = value
+    return True
+
+
+cdef inline Py_ssize_t _string_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    """Offset of the closing quote of the JSON string opening at ``p[i]``, or -1."""
+    i += 1
+    while i < n:
+        if p[i] == CH_BACKSLASH:
+            i += 2
+        elif p[i] == CH_QUOTE:
+            return i
+        else:
+            i += 1
+    return -1
+
+
+cdef inline Py_ssize_t _value_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    """Offset one past the JSON value starting at ``p[i]``, or -1 if it is cut off.
+
+    A string (escapes skipped), an object or array (balanced brackets; strings inside,
+    with any brackets they contain, skipped), or a scalar (up to ``,``, ``}``, ``]``
+    or whitespace).
+    """
+    cdef Py_ssize_t start = i
+    cdef Py_ssize_t depth = 0
+    cdef uint8_t c = p[i]
+    if c == CH_QUOTE:
+        i = _string_end(p, n, i)
+        return i + 1 if i >= 0 else -1
+    if c == CH_LBRACE or c == CH_LBRACKET:
+        while i < n:
+            c = p[i]
+            if c == CH_QUOTE:
+                i = _string_end(p, n, i)
+                if i < 0:
+                    return -1
+            elif c == CH_LBRACE or c == CH_LBRACKET:
+                depth += 1
+            elif c == CH_RBRACE or c == CH_RBRACKET:
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        return -1
+    while i < n and not (_is_ws(c) or c == CH_COMMA or c == CH_RBRACE or c == CH_RBRACKET):
+        i += 1
+        if i < n:
+            c = p[i]
+    return i if i > start else -1
+
+
+ctypedef struct _Topic:
+    uint64_t hash           # xxh64 of name
+    int64_t high_water      # highest id delivered
+    char* name              # raw bytes of the topic (NULL: a free slot)
+    Py_ssize_t length
+    Py_ssize_t newer        # recency list (-1: none); ``older`` is also the free-list link
+    Py_ssize_t older
+
+
+cdef inline uint64_t _nonzero(uint64_t h) noexcept nogil:
+    return h if h != 0 else 1     # 0 marks an empty slot of the recent set
+
+
+cdef _field_key(str field, str name):
+    """``"field"`` as UTF-8 bytes, the needle the fast path searches for."""
+    if field is None:
+        return None
+    if not field or '"' in field or "\\" in field or any(ord(c) < 0x20 for c in field):
+        raise ValueError(f"{name} must be a non-empty JSON key without quotes, "
+                         f"backslashes or control characters")
+    return b'"' + PyUnicode_AsUTF8String(field) + b'"'
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class Deduplicator:
+    """Recognises duplicate messages from a cheap key read out of their raw bytes.
+
+    One instance is shared by the :class:`FeedListener` of every redundant connection
+    of a pool (all on one event loop thread: no locking). Each listener asks it about
+    every data message before a view is made or anything is decoded; a duplicate is
+    dropped there (counted in the listener's ``duplicates``), so it never costs a decode.
+
+    The key of a message, first that applies:
+
+    1. ``id_field`` (with ``topic_field``, if given): an **id key** ``(topic, id)``.
+       The id is a non-negative integer, bare or quoted (``"t":123``,
+       ``"tradeId":"123"``), at most 2**63 - 1; the topic is the raw bytes of a
+       JSON string (escapes are not decoded; ``""`` names the one implicit topic when
+       ``topic_field`` is None). A message in which either is missing or malformed
+       (negative, fractional, too large, a topic that is not a string) has no id key.
+    2. ``hash_field``: a **hash key**, the 64-bit XXH64 (seeded per instance) of the
+       raw bytes of that field's value: a string (quotes included, escapes skipped), a
+       number or literal, or a whole object/array (balanced, strings inside skipped).
+    3. ``key_of(view)``, a Python hook, for what the fast path can't read: it returns
+       ``(topic, id)`` (an id key), any other hashable (an exact key in a recent set),
+       or None (no key). It is given a ``memoryview`` of a copy of the payload (safe to
+       keep). If it raises, the message is delivered and ``key_errors`` counted.
+    4. With none of the three configured: the hash of the whole payload.
+
+    A message with no key is delivered (``unkeyed``).
+
+    Fields are found in the raw bytes, not parsed: the first occurrence of ``"field"``
+    (byte for byte) whose opening quote is not preceded by a backslash, followed by
+    optional whitespace and ``:``. For valid JSON that is the first key of that name
+    in document order, at any depth: ``{"stream":"s","data":{"t":1}}`` finds ``t``
+    inside ``data``; with several objects carrying the key, the first one wins.
+
+    Semantics of :meth:`check`:
+
+    - Id key: duplicate iff ``id <= high_water(topic)``; otherwise the message is
+      delivered and becomes the high-water mark. If a high-water mark existed and
+      ``id > high_water + 1``, the skipped ids are recorded as a gap
+      ``(topic, high_water + 1, id - 1)`` (counted in ``gaps``, queued for
+      :meth:`drain_gaps`). Hence, per topic, the delivered ids are strictly increasing
+      and, from the first delivered id to the high-water mark, every id is either
+      delivered exactly once or inside exactly one reported gap. An id that arrives
+      after a higher one was delivered (e.g. one connection lost it, a slower one
+      still brings it) is dropped and stays inside its gap.
+    - Hash key: duplicate iff the key is among the last ``window`` keys delivered
+      (FIFO). Order is not restored and gaps can't be seen; a copy that arrives more
+      than ``window`` new keys later is delivered again.
+
+    Memory is bounded: at most ``max_topics`` high-water marks (the least recently
+    updated one is evicted, counted in ``topic_evictions``: that topic then starts
+    afresh, so an old copy still in flight may be delivered again), and at most
+    ``window`` recent hash keys (about 24 bytes each) plus ``window`` hook keys.
+
+    Args:
+        id_field: JSON key of a monotonic per-topic id (``"seq"``, ``"t"``, ``"u"``).
+        topic_field: JSON key whose string value names the topic (``"topic"``,
+            ``"stream"``, ``"s"``); None: one implicit topic, ``""``.
+        hash_field: JSON key whose value's raw bytes identify a message (venues whose
+            ids are per connection).
+        window: how many recent hash keys (and, separately, hook keys) are kept.
+        max_topics: how many high-water marks are kept.
+        key_of: the Python hook described above.
+        max_gaps: how many undrained gaps are queued (older ones are dropped from the
+            queue, still counted in ``gaps``).
+
+    Attributes:
+        delivered: messages let through (``unkeyed`` ones included).
+        duplicates: messages recognised as duplicates (dropped).
+        unkeyed: messages delivered because no key could be read.
+        gaps: gaps recorded (see :meth:`drain_gaps`).
+        key_errors: exceptions raised by ``key_of`` (those messages were delivered).
+        last_key_error: ``"Type: message"`` of the latest one (None if none).
+        topic_evictions: high-water marks evicted to stay within ``max_topics``.
+    """
+
+    cdef readonly str id_field
+    cdef readonly str topic_field
+    cdef readonly str hash_field
+    cdef readonly object key_of
+    cdef readonly Py_ssize_t window
+    cdef readonly Py_ssize_t max_topics
+    cdef readonly uint64_t delivered
+    cdef readonly uint64_t duplicates
+    cdef readonly uint64_t unkeyed
+    cdef readonly uint64_t gaps
+    cdef readonly uint64_t key_errors
+    cdef readonly uint64_t topic_evictions
+    cdef readonly str last_key_error
+
+    cdef bytes _id_key              # b'"seq"' (the needle), or None; keeps the pointers valid
+    cdef bytes _topic_key
+    cdef bytes _hash_key
+    cdef const char* _id_ptr
+    cdef const char* _topic_ptr
+    cdef const char* _hash_ptr
+    cdef Py_ssize_t _id_len         # 0: not configured
+    cdef Py_ssize_t _topic_len
+    cdef Py_ssize_t _hash_len
+    cdef bint _whole                # nothing configured: hash the whole payload
+    cdef uint64_t _seed
+    cdef object _gap_log
+
+    # high-water marks: slots + open-addressing index (entries hold slot + 1; 0 empty)
+    cdef _Topic* _topics
+    cdef Py_ssize_t _topics_cap
+    cdef Py_ssize_t _topics_used    # slots ever handed out
+    cdef Py_ssize_t _topic_count
+    cdef Py_ssize_t _free           # free-list head (-1: none)
+    cdef Py_ssize_t _newest         # recency list ends (-1: empty)
+    cdef Py_ssize_t _oldest
+    cdef Py_ssize_t _last_topic     # slot of the latest id key's topic (-1: none)
+    cdef Py_ssize_t* _tindex
+    cdef Py_ssize_t _tindex_mask
+
+    # recent hash keys: FIFO ring + open-addressing set (0 empty)
+    cdef uint64_t* _ring
+    cdef Py_ssize_t _ring_cap
+    cdef Py_ssize_t _ring_len
+    cdef Py_ssize_t _ring_pos       # oldest entry once the ring is full
+    cdef uint64_t* _set
+    cdef Py_ssize_t _set_mask
+
+    # recent hook keys (exact, Python objects)
+    cdef set _py_recent
+    cdef object _py_order
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._topics != NULL:
+            for i in range(self._topics_used):
+                PyMem_Free(self._topics[i].name)
+        PyMem_Free(self._topics)
+        PyMem_Free(self._tindex)
+        PyMem_Free(self._ring)
+        PyMem_Free(self._set)
+
+    def __init__(self, *, id_field=None, topic_field=None, hash_field=None,
+                 Py_ssize_t window=65536, Py_ssize_t max_topics=100_000, key_of=None,
+                 Py_ssize_t max_gaps=1024):
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        if max_topics < 1:
+            raise ValueError("max_topics must be >= 1")
+        if max_gaps < 1:
+            raise ValueError("max_gaps must be >= 1")
+        if topic_field is not None and id_field is None:
+            raise ValueError("topic_field needs id_field (topics scope id keys only)")
+        if key_of is not None and not callable(key_of):
+            raise TypeError("key_of must be callable or None")
+        if self._topics != NULL or self._ring != NULL:
+            raise RuntimeError("Deduplicator.__init__ called twice")
+        self._id_key = _field_key(id_field, "id_field")
+        self._topic_key = _field_key(topic_field, "topic_field")
+        self._hash_key = _field_key(hash_field, "hash_field")
+        self.id_field = id_field
+        self.topic_field = topic_field
+        self.hash_field = hash_field
+        self.key_of = key_of
+        self.window = window
+        self.max_topics = max_topics
+        if self._id_key is not None:
+            self._id_ptr = PyBytes_AS_STRING(self._id_key)
+            self._id_len = PyBytes_GET_SIZE(self._id_key)
+        if self._topic_key is not None:
+            self._topic_ptr = PyBytes_AS_STRING(self._topic_key)
+            self._topic_len = PyBytes_GET_SIZE(self._topic_key)
+        if self._hash_key is not None:
+            self._hash_ptr = PyBytes_AS_STRING(self._hash_key)
+            self._hash_len = PyBytes_GET_SIZE(self._hash_key)
+        self._whole = id_field is None and hash_field is None and key_of is None
+        self._seed = int.from_bytes(os.urandom(8), "little")
+        self._gap_log = deque(maxlen=max_gaps)
+        self._free = -1
+        self._newest = -1
+        self._oldest = -1
+        self._last_topic = -1
+        self._py_recent = set()
+        self._py_order = deque()
+        self.last_key_error = None
+
+    # ------------------------------------------------------------------ public API
+
+    def check(self, payload):
+        """Whether a message is new: True to deliver it, False for a duplicate.
+
+        Exactly what a listener with ``dedup=self`` does per data message (counters,
+        high-water marks and gaps included).
+
+        Args:
+            payload: the raw message (any bytes-like object).
+        """
+        cdef Py_buffer view
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            return self._admit(<const char*>view.buf, view.len) == 1
+        finally:
+            PyBuffer_Release(&view)
+
+    def high_water(self, str topic):
+        """The highest id delivered on ``topic`` (None if it has no mark).
+
+        ``topic`` is matched against the raw bytes of the topic's JSON string as UTF-8;
+        ``""`` is the implicit topic (no ``topic_field``).
+        """
+        cdef bytes name = topic.encode("utf-8", "surrogateescape")
+        cdef Py_ssize_t i = self._topic_find(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                                             xxh64(PyBytes_AS_STRING(name),
+                                                   <size_t>PyBytes_GET_SIZE(name), self._seed))
+        return None if i < 0 else self._topics[i].high_water
+
+    def forget(self, str topic):
+        """Drop ``topic``'s high-water mark (after a deliberate unsubscribe).
+
+        Its next message then starts it afresh, with no gap reported for what was
+        not subscribed in between. Returns whether there was a mark.
+        """
+        cdef bytes name = topic.encode("utf-8", "surrogateescape")
+        cdef Py_ssize_t i = self._topic_find(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name),
+                                             xxh64(PyBytes_AS_STRING(name),
+                                                   <size_t>PyBytes_GET_SIZE(name), self._seed))
+        if i < 0:
+            return False
+        self._topic_drop(i)
+        return True
+
+    def drain_gaps(self):
+        """Take the queued gaps: ``[(topic, first_missing, last_missing), ...]``, oldest first."""
+        gaps = list(self._gap_log)
+        self._gap_log.clear()
+        return gaps
+
+    @property
+    def topic_count(self):
+        """High-water marks held (at most ``max_topics``)."""
+        return self._topic_count
+
+    @property
+    def recent_count(self):
+        """Recent keys held: hash keys plus hook keys (each at most ``window``)."""
+        return self._ring_len + len(self._py_recent)
+
+    # ------------------------------------------------------------------ per message
+
+    cdef int _admit(self, const char* data, Py_ssize_t n) except -1:
+        """1: deliver, 0: duplicate. No Python call unless ``key_of`` is used, a
+        gap is recorded, or a table grows."""
+        cdef const uint8_t* p = <const uint8_t*>data
+        cdef Py_ssize_t pos, end
+        cdef int64_t ident
+        if self._id_len != 0:
+            pos = _find_field(p, n, self._id_ptr, self._id_len)
+            if pos >= 0 and _parse_id(p, n, pos, &ident):
+                if self._topic_len == 0:
+                    return self._admit_id(b"", 0, ident)
+                pos = _find_field(p, n, self._topic_ptr, self._topic_len)
+                if pos >= 0 and p[pos] == CH_QUOTE:
+                    end = _string_end(p, n, pos)
+                    if end >= 0:
+                        return self._admit_id(data + pos + 1, end - pos - 1, ident)
+        if self._hash_len != 0:
+            pos = _find_field(p, n, self._hash_ptr, self._hash_len)
+            if pos >= 0:
+                end = _value_end(p, n, pos)
+                if end >= 0:
+                    return self._admit_hash(xxh64(p + pos, <size_t>(end - pos), self._seed))
+        if self.key_of is not None:
+            return self._admit_hook(data, n)
+        if self._whole:
+            return self._admit_hash(xxh64(p, <size_t>n, self._seed))
+        self.unkeyed += 1
+        self.delivered += 1
+        return 1
+
+    cdef int _admit_id(self, const char* name, Py_ssize_t length, int64_t ident) except -1:
+        cdef uint64_t h
+        cdef int64_t mark
+        cdef Py_ssize_t i = self._last_topic
+        if i < 0 or self._topics[i].length != length or \
+                memcmp(self._topics[i].name, name, length) != 0:
+            # not the previous message's topic: hash and look it up
+            h = xxh64(name, <size_t>length, self._seed)
+            i = self._topic_find(name, length, h)
+            if i < 0:
+                self._topic_insert(name, length, h, ident)
+                self.delivered += 1
+                return 1
+            self._last_topic = i
+        mark = self._topics[i].high_water
+        if ident <= mark:
+            self.duplicates += 1
+            return 0
+        if ident > mark + 1:
+            self._record_gap(i, mark + 1, ident - 1)
+        self._topics[i].high_water = ident
+        self._touch(i)
+        self.delivered += 1
+        return 1
+
+    cdef int _admit_hash(self, uint64_t h) except -1:
+        h = _nonzero(h)
+        if self._recent_has(h):
+            self.duplicates += 1
+            return 0
+        self._recent_add(h)
+        self.delivered += 1
+        return 1
+
+    cdef int _admit_hook(self, const char* data, Py_ssize_t n) except -1:
+        """The ``key_of`` path (Python by nature): a view of a copy, never of borrowed memory."""
+        cdef object key
+        cdef bytes name
+        cdef int64_t ident
+        try:
+            key = self.key_of(PyMemoryView_FromObject(PyBytes_FromStringAndSize(data, n)))
+            if key is None:
+                pass
+            elif (type(key) is tuple and len(<tuple>key) == 2 and isinstance(key[0], str)
+                    and isinstance(key[1], int) and not isinstance(key[1], bool)):
+                name = (<str>key[0]).encode("utf-8", "surrogateescape")
+                ident = key[1]
+                return self._admit_id(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name), ident)
+            elif key in self._py_recent:
+                self.duplicates += 1
+                return 0
+            else:
+                if len(self._py_order) >= self.window:
+                    self._py_recent.discard(self._py_order.popleft())
+                self._py_recent.add(key)
+                self._py_order.append(key)
+                self.delivered += 1
+                return 1
+        except MemoryError:
+            raise
+        except Exception as exc:
+            self.key_errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            self.last_key_error = message if len(message) <= 200 else message[:197] + "..."
+        self.unkeyed += 1
+        self.delivered += 1
+        return 1
+
+    cdef int _record_gap(self, Py_ssize_t i, int64_t first, int64_t last) except -1:
+        cdef _Topic* t = &self._topics[i]
+        self.gaps += 1
+        self._gap_log.append(
+            (PyUnicode_DecodeUTF8(t.name, t.length, "surrogateescape"), first, last))
+        return 0
+
+    # ------------------------------------------------------------ high-water marks
+
+    cdef Py_ssize_t _topic_find(self, const char* name, Py_ssize_t length,
+                                uint64_t h) noexcept:
+        cdef Py_ssize_t slot, entry
+        cdef _Topic* t
+        if self._tindex == NULL:
+            return -1
+        slot = <Py_ssize_t>(h & <uint64_t>self._tindex_mask)
+        while True:
+            entry = self._tindex[slot]
+            if entry == 0:
+                return -1
+            t = &self._topics[entry - 1]
+            if t.hash == h and t.length == length and memcmp(t.name, name, length) == 0:
+                return entry - 1
+            slot = (slot + 1) & self._tindex_mask
+
+    cdef void _index_put(self, Py_ssize_t i) noexcept:
+        cdef Py_ssize_t slot = <Py_ssize_t>(self._topics[i].hash & <uint64_t>self._tindex_mask)
+        while self._tindex[slot] != 0:
+            slot = (slot + 1) & self._tindex_mask
+        self._tindex[slot] = i + 1
+
+    cdef void _index_remove(self, Py_ssize_t i) noexcept:
+        """Remove slot ``i`` from the index (linear probing, backward-shift deletion)."""
+        cdef Py_ssize_t mask = self._tindex_mask
+        cdef Py_ssize_t hole = <Py_ssize_t>(self._topics[i].hash & <uint64_t>mask)
+        cdef Py_ssize_t j, home
+        while self._tindex[hole] != i + 1:
+            hole = (hole + 1) & mask
+        j = (hole + 1) & mask
+        while self._tindex[j] != 0:
+            home = <Py_ssize_t>(self._topics[self._tindex[j] - 1].hash & <uint64_t>mask)
+            # move the entry at j into the hole unless its home lies cyclically in (hole, j]
+            if (hole <= j and (home <= hole or home > j)) or (hole > j and home <= hole and home > j):
+                self._tindex[hole] = self._tindex[j]
+                hole = j
+            j = (j + 1) & mask
+        self._tindex[hole] = 0
+
+    cdef int _grow_topics(self) except -1:
+        cdef Py_ssize_t cap = min(max(2 * self._topics_cap, 16), self.max_topics)
+        cdef Py_ssize_t icap = 16
+        cdef Py_ssize_t i
+        cdef Py_ssize_t* index
+        cdef _Topic* grown = <_Topic*>PyMem_Realloc(self._topics, cap * sizeof(_Topic))
+        if grown == NULL:
+            raise MemoryError()
+        self._topics = grown
+        self._topics_cap = cap
+        while icap < 2 * cap:
+            icap *= 2
+        if icap - 1 != self._tindex_mask or self._tindex == NULL:
+            index = <Py_ssize_t*>PyMem_Calloc(icap, sizeof(Py_ssize_t))
+            if index == NULL:
+                raise MemoryError()
+            PyMem_Free(self._tindex)
+            self._tindex = index
+            self._tindex_mask = icap - 1
+            for i in range(self._topics_used):
+                if self._topics[i].name != NULL:
+                    self._index_put(i)
+        return 0
+
+    cdef int _topic_insert(self, const char* name, Py_ssize_t length, uint64_t h,
+                           int64_t mark) except -1:
+        cdef Py_ssize_t i
+        cdef char* copy = <char*>PyMem_Malloc(length if length > 0 else 1)
+        if copy == NULL:
+            raise MemoryError()
+        if self._free < 0 and self._topics_used == self._topics_cap:
+            if self._topics_cap < self.max_topics:
+                try:
+                    self._grow_topics()
+                except MemoryError:
+                    PyMem_Free(copy)
+                    raise
+            else:
+                self.topic_evictions += 1
+                self._topic_drop(self._oldest)
+        if self._free >= 0:
+            i = self._free
+            self._free = self._topics[i].older
+        else:
+            i = self._topics_used
+            self._topics_used += 1
+        memcpy(copy, name, length)
+        self._topics[i].hash = h
+        self._topics[i].high_water = mark
+        self._topics[i].name = copy
+        self._topics[i].length = length
+        self._topics[i].newer = -1
+        self._topics[i].older = -1
+        self._index_put(i)
+        self._link_newest(i)
+        self._topic_count += 1
+        return 0
+
+    cdef void _topic_drop(self, Py_ssize_t i) noexcept:
+        if self._last_topic == i:
+            self._last_topic = -1
+        self._index_remove(i)
+        self._unlink(i)
+        PyMem_Free(self._topics[i].name)
+        self._topics[i].name = NULL
+        self._topics[i].older = self._free
+        self._free = i
+        self._topic_count -= 1
+
+    cdef inline void _unlink(self, Py_ssize_t i) noexcept:
+        cdef _Topic* t = &self._topics[i]
+        if t.newer >= 0:
+            self._topics[t.newer].older = t.older
+        else:
+            self._newest = t.older
+        if t.older >= 0:
+            self._topics[t.older].newer = t.newer
+        else:
+            self._oldest = t.newer
+        t.newer = -1
+        t.older = -1
+
+    cdef inline void _link_newest(self, Py_ssize_t i) noexcept:
+        cdef _Topic* t = &self._topics[i]
+        t.newer = -1
+        t.older = self._newest
+        if self._newest >= 0:
+            self._topics[self._newest].newer = i
+        else:
+            self._oldest = i
+        self._newest = i
+
+    cdef inline void _touch(self, Py_ssize_t i) noexcept:
+        if self._newest != i:
+            self._unlink(i)
+            self._link_newest(i)
+
+    # ------------------------------------------------------------ recent hash keys
+
+    cdef inline bint _recent_has(self, uint64_t h) noexcept:
+        cdef Py_ssize_t slot
+        if self._set == NULL:
+            return False
+        slot = <Py_ssize_t>(h & <uint64_t>self._set_mask)
+        while self._set[slot] != 0:
+            if self._set[slot] == h:
+                return True
+            slot = (slot + 1) & self._set_mask
+        return False
+
+    cdef void _set_put(self, uint64_t h) noexcept:
+        cdef Py_ssize_t slot = <Py_ssize_t>(h & <uint64_t>self._set_mask)
+        while self._set[slot] != 0:
+            slot = (slot + 1) & self._set_mask
+        self._set[slot] = h
+
+    cdef void _set_remove(self, uint64_t h) noexcept:
+        """Remove ``h`` (present) from the set (linear probing, backward-shift deletion)."""
+        cdef Py_ssize_t mask = self._set_mask
+        cdef Py_ssize_t hole = <Py_ssize_t>(h & <uint64_t>mask)
+        cdef Py_ssize_t j, home
+        while self._set[hole] != h:
+            hole = (hole + 1) & mask
+        j = (hole + 1) & mask
+        while self._set[j] != 0:
+            home = <Py_ssize_t>(self._set[j] & <uint64_t>mask)
+            if (hole <= j and (home <= hole or home > j)) or (hole > j and home <= hole and home > j):
+                self._set[hole] = self._set[j]
+                hole = j
+            j = (j + 1) & mask
+        self._set[hole] = 0
+
+    cdef int _recent_add(self, uint64_t h) except -1:
+        cdef Py_ssize_t cap, scap, i
+        cdef uint64_t* ring
+        cdef uint64_t* table
+        if self._ring_len == self.window:
+            # full: evict the oldest key (FIFO)
+            self._set_remove(self._ring[self._ring_pos])
+            self._ring[self._ring_pos] = h
+            self._ring_pos += 1
+            if self._ring_pos == self.window:
+                self._ring_pos = 0
+            self._set_put(h)
+            return 0
+        if self._ring_len == self._ring_cap:
+            # grow (the ring only wraps once it holds ``window`` keys)
+            cap = min(max(2 * self._ring_cap, 1024), self.window)
+            scap = 16
+            while scap < 2 * cap:
+                scap *= 2
+            ring = <uint64_t*>PyMem_Realloc(self._ring, cap * sizeof(uint64_t))
+            if ring == NULL:
+                raise MemoryError()
+            self._ring = ring
+            self._ring_cap = cap
+            table = <uint64_t*>PyMem_Calloc(scap, sizeof(uint64_t))
+            if table == NULL:
+                raise MemoryError()
+            PyMem_Free(self._set)
+            self._set = table
+            self._set_mask = scap - 1
+            for i in range(self._ring_len):
+                self._set_put(self._ring[i])
+        self._ring[self._ring_len] = h
+        self._ring_len += 1
+        self._set_put(h)
+        return 0
+
+
 @cython.auto_pickle(False)
 cdef class FeedListener(WSListener):
     """Per-connection frame handler: counters, RFC 6455 rules, reassembly, decode.
@@ -532,6 +1396,13 @@ cdef class FeedListener(WSListener):
             closes the connection with 1011.
         errors: a bounded ``deque`` receiving ``(ts_ns, stage, message)`` for
             each decode/callback error; a new one (64 entries) if ``None``.
+        dedup: a :class:`Deduplicator` shared with the listeners of the other
+            redundant connections. Each data message (never an app-level pong or a
+            control message) is checked against it before a view is made or anything
+            is decoded; a duplicate is dropped there: counted in ``duplicates``, not
+            in ``messages``, never decoded nor delivered, but it refreshes
+            ``last_data_ns`` (the connection's feed is flowing). ``None`` (the
+            default) costs one pointer test per message. May be set at any time.
 
     Attributes:
         message_opcode: the opcode of the message being delivered (1 TEXT, 2 BINARY),
@@ -542,7 +1413,8 @@ cdef class FeedListener(WSListener):
         zero_copy: whether ``decode`` reads single-frame payloads in place in the
             receive buffer (only for ``orjson.loads``, which never keeps its input).
         frames, messages, bytes_received, control_messages, pongs, decode_errors,
-            callback_errors: counters since the connection opened (read-only).
+            callback_errors, duplicates: counters since the connection opened
+            (read-only).
     """
 
     # --- counters (read by Health; never reset during a connection) ---
@@ -553,6 +1425,7 @@ cdef class FeedListener(WSListener):
     cdef readonly uint64_t pongs
     cdef readonly uint64_t decode_errors
     cdef readonly uint64_t callback_errors
+    cdef readonly uint64_t duplicates       # data messages dropped by ``dedup``
     cdef readonly int64_t connected_ns
     cdef readonly int64_t last_recv_ns
     cdef readonly int64_t last_data_ns
@@ -587,6 +1460,7 @@ cdef class FeedListener(WSListener):
     cdef readonly object errors
     cdef bytes _app_pong
     cdef bint _app_pong_exact
+    cdef public Deduplicator dedup
 
     # --- per-connection state ---
     cdef object _wire
@@ -600,7 +1474,7 @@ cdef class FeedListener(WSListener):
                  on_control=None, control_prefixes=None,
                  Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
                  bint validate_utf8=True, int error_policy=ERROR_POLICY_CONTINUE,
-                 errors=None):
+                 errors=None, Deduplicator dedup=None):
         if max_message_size <= 0:
             raise ValueError("max_message_size must be > 0")
         self._on_message = on_message
@@ -625,6 +1499,7 @@ cdef class FeedListener(WSListener):
         self.validate_utf8 = validate_utf8
         self.error_policy = error_policy
         self.errors = deque(maxlen=64) if errors is None else errors
+        self.dedup = dedup
         self._app_pong = None
         self._app_pong_exact = True
         self._stamp_next = True
@@ -900,6 +1775,12 @@ cdef class FeedListener(WSListener):
                     if size >= plen and memcmp(ptr, self._prefix_ptr[i], plen) == 0:
                         control = True
                         break
+        if self.dedup is not None and not control and self.dedup._admit(ptr, size) == 0:
+            # A copy another connection delivered first: dropped before any view or
+            # decode. The feed is flowing, so it counts for the stale clock.
+            self.duplicates += 1
+            self.last_data_ns = self._now
+            return 0
         if self._on_message is None and not control:
             # Count-only mode: per-frame C work, no Python call at all.
             self.messages += 1
