@@ -5,10 +5,22 @@ instruction counts do not. Each mode runs twice under ``valgrind --tool=callgrin
 (N and N + extra messages); the difference divided by ``extra`` is the cost of one
 message, start-up excluded.
 
-    python bench/callgrind_core.py [--python OTHER_PYTHON] [--extra 20000]
+    python bench/callgrind_core.py [--python OTHER_PYTHON] [--extra 20000] [--mode dedup]
 
 ``--python`` also counts another interpreter's build (e.g. a checkout of an older
 commit with its own venv) in the same run and prints the ratio.
+
+``--mode dedup`` measures hot-hot redundancy: k listeners share one ``Deduplicator``
+(``id_field="t"``, ``topic_field="s"``) and every message is fed to each of them, as k
+redundant connections would receive it; the first copy is decoded and delivered, the
+other k - 1 are dropped before decode. It reports instructions per *delivered* message
+against one listener without dedup (issue 12's target: k = 2 at most 1.15x k = 1).
+Every message has its own trade id, so the payloads are made before the loop; a run that
+only walks that list is subtracted. A second count ("inside the listener") collects only
+inside ``FeedListener.feed`` (callgrind ``--toggle-collect``): it leaves out the Python
+call of ``feed()`` from the bench loop, which picows does not make (it calls
+``on_ws_frame`` through the C vtable), but also leaves out what picows itself spends per
+frame of each copy (parsing it, and the socket and TLS work of each connection).
 """
 
 from __future__ import annotations
@@ -61,11 +73,65 @@ assert listener.messages == n, listener.messages
 """
 
 
-def count(python: str, factory: str, n: int) -> int:
-    code = SCRIPT.format(bench=os.path.dirname(os.path.abspath(__file__)), factory=factory)
+# Redundancy: k listeners sharing one Deduplicator, each message fed to all of them.
+DEDUP_MODES = {
+    "k=1, no dedup (baseline)": (1, False),
+    "k=1, Deduplicator": (1, True),
+    "k=2, one shared Deduplicator": (2, True),
+    "k=3, one shared Deduplicator": (3, True),
+}
+
+DEDUP_SCRIPT = r"""
+import sys, orjson
+sys.path.insert(0, {bench!r})
+from throughput import trade_payloads
+from defi_ws._core import Deduplicator, FeedListener
+
+def sink(message):
+    pass
+
+k, with_dedup = {k}, {with_dedup}
+dedup = Deduplicator(id_field="t", topic_field="s") if with_dedup else None
+feeds = [FeedListener(sink, dedup=dedup).feed for _ in range(k)]
+n = int(sys.argv[1])
+# Every message its own trade id: made before the loop (a walk-only run is subtracted).
+parts = [p.split(b'"t":', 1) for p in trade_payloads(512)]
+tails = [tail[tail.index(b","):] for _, tail in parts]
+heads = [head + b'"t":' for head, _ in parts]
+payloads = [heads[i & 511] + b"%d" % (3_000_000_000 + i) + tails[i & 511] for i in range(n)]
+if k == 0:
+    for p in payloads:
+        pass
+elif k == 1:
+    feed = feeds[0]
+    for p in payloads:
+        feed(1, p)
+elif k == 2:
+    feed_a, feed_b = feeds
+    for p in payloads:
+        feed_a(1, p)
+        feed_b(1, p)
+else:
+    feed_a, feed_b, feed_c = feeds
+    for p in payloads:
+        feed_a(1, p)
+        feed_b(1, p)
+        feed_c(1, p)
+if with_dedup:
+    assert dedup.delivered == n and dedup.duplicates == (k - 1) * n, dedup.duplicates
+"""
+
+
+# Only what runs inside FeedListener.feed (its Cython wrapper, callees included).
+INSIDE_FEED = ["--collect-atstart=no", "--toggle-collect=__pyx_pw_*FeedListener_*feed"]
+
+
+def count(python: str, factory: str, n: int, script: str = SCRIPT,
+          inside_feed: bool = False) -> int:
+    code = script.format(bench=os.path.dirname(os.path.abspath(__file__)), factory=factory)
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         python, "-c", code, str(n)],
+         *(INSIDE_FEED if inside_feed else []), python, "-c", code, str(n)],
         capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONHASHSEED": "0"},
         cwd="/",  # import defi_ws from each interpreter's own install, not this checkout
@@ -76,19 +142,58 @@ def count(python: str, factory: str, n: int) -> int:
     return int(match.group(1))
 
 
-def per_message(python: str, factory: str, extra: int) -> float:
+def per_message(python: str, factory: str, extra: int, script: str = SCRIPT,
+                inside_feed: bool = False) -> float:
     base = 1000
     # Warm up outside valgrind: compile stale .pyc files now, not in one measured run.
-    code = SCRIPT.format(bench=os.path.dirname(os.path.abspath(__file__)), factory=factory)
+    code = script.format(bench=os.path.dirname(os.path.abspath(__file__)), factory=factory)
     subprocess.run([python, "-c", code, "1"], check=True, cwd="/", capture_output=True)
-    return (count(python, factory, base + extra) - count(python, factory, base)) / extra
+    return (count(python, factory, base + extra, script, inside_feed)
+            - count(python, factory, base, script, inside_feed)) / extra
+
+
+def dedup_per_message(python: str, k: int, with_dedup: bool, extra: int,
+                      inside_feed: bool = False) -> float:
+    """Instructions per delivered message of k redundant listeners, payload making excluded."""
+    def script(k: int, with_dedup: bool) -> str:
+        return DEDUP_SCRIPT.replace("{k}", str(k)).replace("{with_dedup}", str(with_dedup))
+
+    walk = 0.0 if inside_feed else per_message(python, "", extra, script(0, False))
+    return per_message(python, "", extra, script(k, with_dedup), inside_feed) - walk
+
+
+def dedup_table(args: argparse.Namespace) -> None:
+    rows = []
+    baseline: dict[tuple[str, bool], float] = {}
+    for name, (k, with_dedup) in DEDUP_MODES.items():
+        row = [name]
+        for label, python in (("here", sys.executable), ("other", args.python)):
+            if python is None:
+                continue
+            for inside in (False, True):
+                value = dedup_per_message(python, k, with_dedup, args.extra, inside)
+                base = baseline.setdefault((label, inside), value)
+                row += [f"{value:,.0f}", f"{value / base:.3f}x"]
+        rows.append(row)
+    head = ["redundancy (230 B trade, each copy fed)", "instr/delivered msg", "vs k=1",
+            "inside the listener", "vs k=1"]
+    if args.python:
+        head += [f"{h} (--python)" for h in head[1:]]
+    print()
+    table(head, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", help="another interpreter to compare against")
     parser.add_argument("--extra", type=int, default=20000)
+    parser.add_argument("--mode", choices=("frame", "dedup", "all"), default="frame",
+                        help="frame: decode paths (default); dedup: hot-hot redundancy")
     args = parser.parse_args(argv)
+    if args.mode in ("dedup", "all"):
+        dedup_table(args)
+    if args.mode == "dedup":
+        return 0
     rows = []
     for name, factory in MODES.items():
         here = per_message(sys.executable, factory, args.extra)
