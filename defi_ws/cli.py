@@ -3,10 +3,16 @@
 * ``defi-ws demo [--duration S] [--rate N] [--no-faults]``: starts the in-process
   :class:`~defi_ws.testing.ExchangeSimulator`, connects a :class:`~defi_ws.FeedClient`
   to it with a few topics, injects a fault every few seconds, and shows live counters,
-  then a summary. It needs no network.
-* ``defi-ws tail URL [--subscribe JSON]... [--ping ws|text:ping|json:{...}]
-  [--stale-after S] [--format raw|json|pretty] [--stats]``: tails a feed with
-  reconnects; messages to stdout, status to stderr; Ctrl-C prints a summary.
+  then a summary. Alongside, a :class:`~defi_ws.FeedPool` with redundancy 2 runs
+  against a second simulator that cuts connections at a scaled-down age: the demo shows
+  its connections, which one delivers, duplicates dropped and rotations. It needs no
+  network.
+* ``defi-ws tail URL [--subscribe JSON]... [--topic T]... [--ping ws|text:ping|json:{...}]
+  [--stale-after S] [--format raw|json|pretty] [--stats]
+  [--redundancy N | --pool] [--dedup-id FIELD [--dedup-topic FIELD] | --dedup-hash FIELD]
+  [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr;
+  Ctrl-C prints a summary. With ``--redundancy N`` (N > 1) or ``--pool`` it tails a
+  :class:`~defi_ws.FeedPool` (each message printed once).
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
 
 Errors (bad URL, unreachable host, bad JSON) print one line and exit non-zero.
@@ -16,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +43,90 @@ __all__ = ["main"]
 TOPICS = ["trades.BTC-USD", "trades.ETH-USD", "trades.SOL-USD"]
 
 
+#: The demo pool's venue cuts every connection at this age (seconds, scaled down from
+#: Binance's 24 h); the pool rotates each one before it, make-before-break.
+DEMO_POOL_MAX_AGE_S = 4.0
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _connection_label(conn: Mapping[str, Any], groups: int) -> str:
+    """``r1#5``: replica 1 of its group, 5th connection the pool opened (``g2.`` first
+    when the pool has several groups)."""
+    group = f"g{conn['group']}." if groups > 1 else ""
+    return f"{group}r{conn['replica']}#{conn['generation']}"
+
+
+class PoolWatch:
+    """What changed in a :class:`~defi_ws.FeedPool` between two looks at its snapshot:
+    which connection delivered (the first copy of a message wins, the others are
+    dropped as duplicates) and which connections were replaced by a rotation."""
+
+    def __init__(self) -> None:
+        self._messages: dict[int, int] = {}  # connection (generation) -> messages
+        self._generations: dict[tuple[int, int], int] = {}
+
+    def shares(self, snap: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], int, float]]:
+        """Per connection: (its snapshot, messages it delivered since the last call,
+        its share of those in percent)."""
+        deltas = [(conn, max(0, conn["messages"] - self._messages.get(conn["generation"], 0)))
+                  for conn in snap["connections"]]
+        self._messages = {conn["generation"]: conn["messages"] for conn in snap["connections"]}
+        total = sum(delta for _, delta in deltas)
+        return [(conn, delta, 100.0 * delta / total if total else 0.0)
+                for conn, delta in deltas]
+
+    def rotated(self, snap: Mapping[str, Any]) -> list[str]:
+        """``"r0#1 -> r0#3"`` for each connection replaced since the last call."""
+        groups = int(snap["groups"])
+        done = []
+        seen: dict[tuple[int, int], int] = {}
+        for conn in snap["connections"]:
+            key = (int(conn["group"]), int(conn["replica"]))
+            old = self._generations.get(key)
+            if old is not None and old != conn["generation"]:
+                done.append(f"{_connection_label({**conn, 'generation': old}, groups)} -> "
+                            f"{_connection_label(conn, groups)}")
+            seen[key] = conn["generation"]
+        self._generations = seen
+        return done
+
+
+def pool_summary(snap: Mapping[str, Any], disconnects: Counter[str]) -> list[str]:
+    """A pool snapshot as readable lines: totals, then one row per connection."""
+    groups = int(snap["groups"])
+    lines = [
+        f"redundancy {snap['redundancy']}, {groups} group(s) of connections, "
+        f"{snap['topics_desired']} topic(s)",
+        f"  delivered           {_count(snap['delivered']):>10}",
+        f"  duplicates dropped  {_count(snap['duplicates_dropped']):>10}",
+        f"  rotations           {snap['rotations']:>10}",
+        f"  connections opened  {snap['connections_opened']:>10}",
+        f"  sequence gaps       {snap['gaps']:>10}",
+        "  disconnects         " + (", ".join(
+            f"{reason} {count}" for reason, count in disconnects.most_common()) or "none")
+        + " (user-visible; rotations are not)",
+        f"  {'connection':<12}{'state':<13}{'topics':>7}{'delivered':>12}{'duplicates':>12}"
+        f"{'age s':>8}{'rtt p50 ms':>12}",
+    ]
+    for conn in snap["connections"]:
+        p50 = conn["rtt"].get("p50_ms")
+        lines.append(
+            f"  {_connection_label(conn, groups):<12}{conn['state']:<13}{conn['topics']:>7}"
+            f"{conn['messages']:>12,}{conn['duplicates']:>12,}{conn['age_s']:>8.1f}"
+            f"{'-' if p50 is None else f'{p50:.2f}':>12}")
+    return lines
+
+
 async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
     """Run the demo; return the process exit status."""
     from defi_ws.client import FeedClient
-    from defi_ws.handler import JsonHandler
+    from defi_ws.handler import JsonHandler, VenueLimits
     from defi_ws.heartbeat import WsPing
+    from defi_ws.pool import FeedPool
+    from defi_ws.reasons import Disconnect
     from defi_ws.reconnect import ExponentialBackoff
     from defi_ws.testing import ExchangeSimulator
 
@@ -48,11 +135,32 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
     def on_data(message: Any) -> None:
         received[message.get("topic", "?")] += 1
 
+    # What the pool hands to the user: checked for duplicates and holes per topic.
+    pool_received = 0
+    pool_twice = 0
+    pool_last: dict[str, int] = {}
+    pool_disconnects: Counter[str] = Counter()
+
+    def on_pool_data(message: Any) -> None:
+        nonlocal pool_received, pool_twice
+        pool_received += 1
+        topic, seq = message.get("topic", "?"), message.get("seq", 0)
+        if seq <= pool_last.get(topic, 0):
+            pool_twice += 1
+        pool_last[topic] = max(seq, pool_last.get(topic, 0))
+
+    def on_pool_disconnect(disconnect: Disconnect) -> None:
+        pool_disconnects[disconnect.reason.label] += 1
+
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value / 1e6:.2f}"
 
     fault_plan = ["drop_all", "close_all", "maintenance"]
-    async with ExchangeSimulator(rate_per_s=rate_per_s) as sim:
+    pool_fault_plan = ["drop one connection", "shutdown notice"]
+    async with ExchangeSimulator(rate_per_s=rate_per_s) as sim, ExchangeSimulator(
+        rate_per_s=rate_per_s, max_connection_age_s=DEMO_POOL_MAX_AGE_S,
+        notice_before_s=1.0,
+    ) as pool_sim:
         client = FeedClient(
             JsonHandler(sim.url, on_data=on_data, sequence_field="seq"),
             topics=TOPICS,
@@ -61,17 +169,43 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
             stale_after_s=2.0,
             name="demo",
         )
+        pool = FeedPool(
+            JsonHandler(pool_sim.url, on_data=on_pool_data, sequence_field="seq",
+                        limits=VenueLimits(max_connection_age_s=DEMO_POOL_MAX_AGE_S)),
+            topics=TOPICS,
+            redundancy=2,
+            rotate_before_s=1.5,
+            rotation_jitter_s=0.5,
+            rotation_overlap_s=0.25,
+            on_disconnected=on_pool_disconnect,
+            client_options={  # the heartbeat watches each connection
+                "reconnect": ExponentialBackoff(initial_s=0.2, max_s=2.0),
+                "heartbeat": WsPing(interval_s=0.5, timeout_s=2.0),
+            },
+            name="demo-pool",
+        )
+        watch = PoolWatch()
         tty = sys.stdout.isatty()
+        width = shutil.get_terminal_size().columns - 1 if tty else 0
         print(f"defi-ws demo: venue simulator at {sim.url}, topics {', '.join(TOPICS)}")
         print("faults every 3 s: " + (", ".join(fault_plan) if faults else "off"))
         print("columns: state, messages, rate, heartbeat RTT p50/p99 (ms), reconnects, "
               "sequence gaps, last disconnect reason")
-        async with client:
+        print(f"pool: a FeedPool with redundancy 2 on a second simulator at {pool_sim.url}, "
+              f"same topics; that venue cuts connections at {DEMO_POOL_MAX_AGE_S:g} s of age "
+              "(notice 1 s ahead), the pool rotates them before (make-before-break)")
+        print("pool faults every 3 s: " + (", ".join(pool_fault_plan) if faults else "off"))
+        print("pool columns: each connection (replica#serial), its state and its share of "
+              "the messages it delivered first (the other copy is a duplicate, dropped before "
+              "decode); duplicates dropped, rotations, gaps, user-visible disconnects, "
+              "messages delivered")
+        async with client, pool:
             start = time.monotonic()
             next_fault = start + 3.0
             fault_index = 0
             previous_total = 0
             previous_t = start
+            drawn = False
             while time.monotonic() - start < duration_s:
                 await asyncio.sleep(0.5)
                 now = time.monotonic()
@@ -86,10 +220,27 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
                     f"{ms(rtt.percentile_ns(0.99))} reconnects={client.health.reconnects} "
                     f"gaps={client.health.gaps} last={last.describe() if last else '-'}"
                 )
-                print(("\r" + line[:160].ljust(160)) if tty else line, end="" if tty else "\n",
-                      flush=True)
+                snap = pool.snapshot()
+                watch.rotated(snap)
+                conns = " ".join(
+                    f"{_connection_label(conn, snap['groups'])} {conn['state']} {share:3.0f}%"
+                    for conn, _, share in watch.shares(snap))
+                pool_line = (
+                    f"  pool {conns} | dups={_count(snap['duplicates_dropped'])} "
+                    f"rotations={snap['rotations']} gaps={snap['gaps']} "
+                    f"disconnects={sum(pool_disconnects.values())} delivered={pool_received}"
+                )
+                if tty:  # two lines redrawn in place
+                    up = "\x1b[1A" if drawn else ""
+                    drawn = True
+                    print(f"{up}\r\x1b[2K{line[:width]}\n\r\x1b[2K{pool_line[:width]}",
+                          end="", flush=True)
+                else:
+                    print(line)
+                    print(pool_line, flush=True)
                 if faults and now >= next_fault:
                     fault = fault_plan[fault_index % len(fault_plan)]
+                    pool_fault = pool_fault_plan[fault_index % len(pool_fault_plan)]
                     fault_index += 1
                     next_fault = now + 3.0
                     if fault == "drop_all":
@@ -98,8 +249,14 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
                         sim.close_all(1001, "going away")
                     else:
                         sim.maintenance()
+                    pool_conns = pool_sim.connections
+                    if pool_conns and pool_fault == "drop one connection":
+                        pool_sim.drop(pool_conns[0])  # the other one carries the feed
+                    elif pool_conns:
+                        pool_sim.announce_shutdown(pool_conns[0], cut_after_s=1.0)
             if tty:
                 print()
+            pool_snap = pool.snapshot()  # before the pool stops: its connections
         snap = client.snapshot()
         print("\nsummary")
         print(f"  messages received   {sum(received.values()):>10}")
@@ -111,6 +268,12 @@ async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
               f"max {snap['rtt']['max_ms']}  ({snap['rtt']['count']} pongs)")
         for reason, count in client.health.disconnects.most_common():
             print(f"  disconnects {reason:<18}{count:>5}")
+        print("\npool summary: " + "\n".join(pool_summary(pool_snap, pool_disconnects)))
+        print(f"  delivered twice     {pool_twice:>10}")
+        print(f"  venue notices       {pool_sim.shutdown_notices:>10}")
+        cuts = pool_sim.shutdown_cuts
+        print(f"  cut by the venue    {cuts:>10} "
+              f"({'a rotation came too late' if cuts else 'every rotation came first'})")
     return 0
 
 
@@ -139,21 +302,104 @@ def parse_ping(spec: str) -> Any:
     raise CliError(f"--ping: expected ws, none, text:PING[:PONG] or json:{{...}}, got {spec!r}")
 
 
-async def run_tail(args: argparse.Namespace) -> int:
-    """Tail a feed until Ctrl-C (or --duration); return the exit status."""
-    from defi_ws.client import FeedClient
-    from defi_ws.errors import FatalDisconnect
-    from defi_ws.handler import JsonHandler
-    from defi_ws.reconnect import ExponentialBackoff
+def checked_url(url: str) -> str:
+    """``url`` if it is a usable ``ws://``/``wss://`` URL, else a :class:`CliError`."""
     from defi_ws.transport import redact_url
     from defi_ws.urls import url_config_problem
 
-    url: str = args.url
     if not url.startswith(("ws://", "wss://")):
         raise CliError(f"URL must start with ws:// or wss://, got {redact_url(url)!r}")
     problem = url_config_problem(url, "URL")
     if problem is not None:
         raise CliError(problem)
+    return url
+
+
+def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
+    """The handler tail runs: each data message to ``out`` in ``fmt``, one per line.
+
+    Without ``topics`` nothing is a control message: whatever the venue sends is
+    printed (raw ``--subscribe`` messages get their replies printed too). With
+    ``topics`` the generic protocol's replies (acks, notices) are recognised as
+    :class:`~defi_ws.JsonHandler` does, and only data is printed.
+    """
+    from defi_ws.handler import JsonHandler
+
+    option = orjson.OPT_INDENT_2 if fmt == "pretty" else 0
+
+    class Tail(JsonHandler):
+        decode: Callable[[memoryview], Any] | None = (
+            None if fmt == "raw" else staticmethod(orjson.loads))
+        control_prefixes: tuple[bytes, ...] | None = (
+            JsonHandler.control_prefixes if topics else ())  # () : nothing to classify
+        #: Data messages printed.
+        printed = 0
+
+        def classify(self, message: Any) -> Any:
+            if not topics:
+                return []
+            if isinstance(message, memoryview):  # --format raw: decode=None
+                try:
+                    message = orjson.loads(message)
+                except orjson.JSONDecodeError:
+                    return []  # data after all: printed as it came
+            return super().classify(message)
+
+        def on_message(self, message: Any) -> None:
+            self.printed += 1
+            if fmt == "raw":
+                out.write(bytes(message) + b"\n")
+            else:
+                out.write(orjson.dumps(message, option=option) + b"\n")
+
+    handler = Tail(url)
+    handler.dedup = None  # a pool de-duplicates only as the flags say
+    return handler
+
+
+def check_tail_args(args: argparse.Namespace) -> None:
+    """Usage errors among tail's flags (one line each, exit status 2)."""
+    pooled = args.pool or args.redundancy > 1
+    if args.redundancy < 1:
+        raise CliError(f"--redundancy must be >= 1, got {args.redundancy}")
+    for flag, value in (("--dedup-id", args.dedup_id), ("--dedup-hash", args.dedup_hash)):
+        if value is not None and not value:
+            raise CliError(f"{flag} needs a field name")
+    if args.dedup_id is not None and args.dedup_hash is not None:
+        raise CliError("--dedup-id and --dedup-hash exclude each other: an id per topic "
+                       "(exactly once, in order) or a hash (ids per connection)")
+    if args.dedup_topic is not None and args.dedup_id is None:
+        raise CliError("--dedup-topic goes with --dedup-id")
+    if args.max_age is not None and not args.max_age > 0:
+        raise CliError(f"--max-age must be > 0, got {args.max_age}")
+    if not args.status_interval > 0:
+        raise CliError(f"--status-interval must be > 0, got {args.status_interval}")
+    if not pooled:
+        for flag, value in (("--dedup-id", args.dedup_id), ("--dedup-hash", args.dedup_hash),
+                            ("--max-age", args.max_age)):
+            if value is not None:
+                raise CliError(f"{flag} needs a pool: --redundancy N (N > 1) or --pool")
+        return
+    if args.dedup_id is None and args.dedup_hash is None:
+        # A rotation (by age or on a venue notice) overlaps two connections as well.
+        what = f"--redundancy {args.redundancy}" if args.redundancy > 1 else "--pool"
+        raise CliError(f"{what} needs --dedup-id FIELD (a monotonic id per topic, e.g. seq) "
+                       "or --dedup-hash FIELD (e.g. data)")
+    if args.subscribe:
+        raise CliError("--subscribe sends raw messages on one connection; a pool subscribes "
+                       "each of its connections itself: give --topic T (generic protocol)")
+    if not args.topic:
+        raise CliError("a pool needs at least one --topic (it opens connections for topics)")
+
+
+async def run_tail(args: argparse.Namespace) -> int:
+    """Tail a feed until Ctrl-C (or --duration); return the exit status."""
+    from defi_ws.client import FeedClient
+    from defi_ws.errors import FatalDisconnect
+    from defi_ws.reconnect import ExponentialBackoff
+    from defi_ws.transport import redact_url
+
+    url = checked_url(args.url)
     subscribe: list[Any] = []
     for text in args.subscribe:
         try:
@@ -162,22 +408,7 @@ async def run_tail(args: argparse.Namespace) -> int:
             raise CliError(f"--subscribe: not valid JSON ({exc}): {text[:60]!r}") from None
     heartbeat = parse_ping(args.ping)
     out = sys.stdout.buffer
-    fmt = args.format
-    option = orjson.OPT_INDENT_2 if fmt == "pretty" else 0
-
-    class Tail(JsonHandler):
-        decode: Callable[[memoryview], Any] | None = (
-            None if fmt == "raw" else staticmethod(orjson.loads))
-        control_prefixes: tuple[bytes, ...] | None = ()  # nothing to classify
-
-        def classify(self, message: Any) -> list[Any]:
-            return []
-
-        def on_message(self, message: Any) -> None:
-            if fmt == "raw":
-                out.write(bytes(message) + b"\n")
-            else:
-                out.write(orjson.dumps(message, option=option) + b"\n")
+    handler = tail_handler(url, args.format, out, topics=bool(args.topic))
 
     client: FeedClient
 
@@ -198,7 +429,8 @@ async def run_tail(args: argparse.Namespace) -> int:
         print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
 
     client = FeedClient(
-        Tail(url),
+        handler,
+        topics=args.topic,
         heartbeat=heartbeat,
         stale_after_s=args.stale_after,
         reconnect=ExponentialBackoff(initial_s=0.5, max_s=10.0, max_attempts=args.retries),
@@ -217,9 +449,10 @@ async def run_tail(args: argparse.Namespace) -> int:
             while not stop.is_set():
                 if client.state.name == "CLOSED":
                     break
-                timeout = 5.0 if deadline is None else max(0.0, deadline - loop.time())
+                every = args.status_interval
+                timeout = every if deadline is None else max(0.0, deadline - loop.time())
                 try:
-                    await asyncio.wait_for(stop.wait(), min(timeout, 5.0))
+                    await asyncio.wait_for(stop.wait(), min(timeout, every))
                 except TimeoutErrors:
                     pass
                 if deadline is not None and loop.time() >= deadline:
@@ -247,6 +480,173 @@ async def run_tail(args: argparse.Namespace) -> int:
     return status_code
 
 
+def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) -> str:
+    """One line about a pool: live count, each connection with its share of the messages
+    delivered since the previous line, totals."""
+    groups = int(snap["groups"])
+    conns = snap["connections"]
+    live = sum(conn["state"] == "LIVE" for conn in conns)
+    parts = ", ".join(
+        f"{_connection_label(conn, groups)} {conn['state']} {share:.0f}% "
+        f"({conn['messages']:,} delivered, {conn['duplicates']:,} dup)"
+        for conn, _, share in watch.shares(snap))
+    return (f"pool: {live}/{len(conns)} live; {parts}; {printed:,} messages, "
+            f"{_count(snap['duplicates_dropped'])} duplicates dropped, "
+            f"{snap['rotations']} rotations, {snap['gaps']} gaps")
+
+
+async def run_tail_pool(args: argparse.Namespace) -> int:
+    """Tail a :class:`~defi_ws.FeedPool` until Ctrl-C (or --duration); return the exit
+    status."""
+    from defi_ws.client import FeedClient
+    from defi_ws.errors import ConfigError
+    from defi_ws.handler import DedupSpec, VenueLimits
+    from defi_ws.lifecycle import State
+    from defi_ws.pool import FeedPool
+    from defi_ws.reasons import Disconnect
+    from defi_ws.reconnect import ExponentialBackoff
+    from defi_ws.sequence import Gap
+    from defi_ws.transport import redact_url
+
+    url = checked_url(args.url)
+    heartbeat = parse_ping(args.ping)
+    out = sys.stdout.buffer
+    handler = tail_handler(url, args.format, out, topics=True)
+    spec: DedupSpec
+    if args.dedup_id is not None:
+        topic_field = "topic" if args.dedup_topic is None else (args.dedup_topic or None)
+        spec = DedupSpec(id_field=args.dedup_id, topic_field=topic_field)
+        dedup_text = f"id field {args.dedup_id!r} " + (
+            f"per topic field {topic_field!r}" if topic_field else "(one topic)")
+    else:  # check_tail_args: one of the two
+        spec = DedupSpec(hash_field=args.dedup_hash)
+        dedup_text = f"hash of field {args.dedup_hash!r}"
+    intro = (f"pool: redundancy {args.redundancy}, {len(args.topic)} topic(s), "
+             f"de-duplication on {dedup_text}, rotation "
+             + (f"before {args.max_age:g} s of age and " if args.max_age else "")
+             + f"on venue notices; status every {args.status_interval:g} s: each connection "
+             "(replica#serial), its state and its share of the messages it delivered first "
+             "since the previous status line")
+    disconnects: Counter[str] = Counter()
+    went_live = False
+    pool: FeedPool
+
+    def status(text: str) -> None:
+        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
+
+    def live_count() -> str:
+        clients = pool.clients()
+        live = sum(client.state is State.LIVE for client in clients)
+        return f"{live}/{len(clients)} connections live"
+
+    def on_connected() -> None:
+        nonlocal went_live
+        if not went_live:  # said once there is a pool to speak of: errors stay one line
+            went_live = True
+            status(intro)
+        status(f"live on {redact_url(url)} ({live_count()})")
+
+    def on_disconnected(disconnect: Disconnect) -> None:
+        disconnects[disconnect.reason.label] += 1
+        if went_live:  # before the first success, only the final error is worth a line
+            status(f"disconnected: {disconnect.describe()} ({live_count()})")
+
+    def on_gap(gap: Gap) -> None:
+        status(f"gap on {gap.topic}: {gap.size} message(s) missing "
+               f"({gap.first_missing}..{gap.last_missing})")
+
+    def on_rejected(topic: str, detail: str) -> None:
+        status(f"subscription {topic!r} rejected: {detail}")
+
+    try:
+        pool = FeedPool(
+            handler,
+            topics=args.topic,
+            redundancy=args.redundancy,
+            dedup=spec,
+            limits=VenueLimits(max_connection_age_s=args.max_age),
+            on_gap=on_gap,
+            on_disconnected=on_disconnected,
+            on_subscription_rejected=on_rejected,
+            client_options={
+                "heartbeat": heartbeat,
+                "stale_after_s": args.stale_after,
+                "reconnect": ExponentialBackoff(initial_s=0.5, max_s=10.0,
+                                                max_attempts=args.retries),
+                "on_connected": on_connected,
+            },
+            name="tail",
+        )
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watch = PoolWatch()
+    reported: set[int] = set()  # connections whose giving up was reported
+    fatal: FeedClient | None = None
+    snap: dict[str, Any] = pool.snapshot()
+    status_code = 0
+    ended = False
+    try:
+        async with pool:
+            deadline = None if args.duration is None else loop.time() + args.duration
+            next_status = loop.time() + args.status_interval
+            while not stop.is_set():
+                snap = pool.snapshot()
+                clients = pool.clients()  # same order as snap["connections"]
+                for conn, client in zip(snap["connections"], clients, strict=False):
+                    if client.fatal is not None and conn["generation"] not in reported:
+                        reported.add(conn["generation"])
+                        fatal = fatal or client
+                        if went_live:
+                            status(f"{_connection_label(conn, snap['groups'])} gave up: "
+                                   f"{client.fatal.disconnect.describe()}")
+                if clients and all(client.state is State.CLOSED for client in clients):
+                    ended = True  # every connection gave up (or the venue ended them)
+                    break
+                for change in watch.rotated(snap):
+                    status(f"rotated {change} (make-before-break; "
+                           f"{snap['rotations']} rotation(s) so far)")
+                now = loop.time()
+                if now >= next_status:
+                    next_status = now + args.status_interval
+                    status(pool_status_line(snap, watch, handler.printed))
+                    if args.stats:
+                        status(orjson.dumps(snap).decode())
+                out.flush()
+                if deadline is not None and now >= deadline:
+                    break
+                timeout = 0.25 if deadline is None else min(0.25, max(0.0, deadline - now))
+                with contextlib.suppress(*TimeoutErrors):
+                    await asyncio.wait_for(stop.wait(), timeout)
+            snap = pool.snapshot()  # before the pool stops: its connections
+        if ended and fatal is not None and fatal.fatal is not None:
+            print(f"defi-ws: error: {fatal.fatal.disconnect.describe()}", file=sys.stderr)
+            status_code = 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        out.flush()
+    if not went_live:
+        return status_code
+    status(
+        f"summary: {handler.printed:,} messages, "
+        f"{_count(snap['duplicates_dropped'])} duplicates dropped, "
+        f"{snap['rotations']} rotations, {snap['connections_opened']} connections opened, "
+        f"{snap['gaps']} gaps, disconnects "
+        + (", ".join(f"{reason} {count}" for reason, count in disconnects.most_common())
+           or "none")
+    )
+    if args.stats:
+        lines = pool_summary(snap, disconnects)
+        status(f"pool snapshot: {lines[0]}")
+        for line in lines[1:]:
+            status(line)
+    return status_code
+
+
 def run_bench(argv: list[str]) -> int:
     """Run ``bench/run.py`` of the source checkout this package lives in."""
     script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
@@ -263,31 +663,76 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--duration", type=float, default=12.0, help="seconds to run")
     demo.add_argument("--rate", type=float, default=200.0, help="messages/s per topic")
     demo.add_argument("--no-faults", action="store_true", help="do not inject faults")
-    tail = sub.add_parser("tail", help="tail a feed (messages to stdout, status to stderr)")
+    tail = sub.add_parser(
+        "tail", help="tail a feed (messages to stdout, status to stderr)",
+        description="Tail a feed: messages to stdout, status to stderr, reconnects, a summary "
+                    "on Ctrl-C. With --redundancy N (N > 1) or --pool it runs a FeedPool: N "
+                    "connections carry the same topics, each message is printed once "
+                    "(duplicates are recognised from raw bytes by --dedup-id or --dedup-hash "
+                    "and dropped before decode), connections are rotated make-before-break "
+                    "before --max-age and on a venue's shutdown notice. A pool subscribes each "
+                    "of its connections itself, so it takes topics (--topic, the generic "
+                    "protocol of JsonHandler: {\"op\":\"subscribe\",\"args\":[...]}, acks "
+                    "{\"event\":\"subscribed\",\"topic\":...}, notices {\"event\":\"notice\"}), "
+                    "not raw --subscribe messages; for another protocol, write a handler "
+                    "(examples/).")
     tail.add_argument("url")
     tail.add_argument("--subscribe", action="append", default=[], metavar="JSON",
-                      help="a message sent after each (re)connect; repeatable")
+                      help="a raw message sent after each (re)connect; repeatable "
+                           "(single connection only: a pool takes --topic)")
+    tail.add_argument("--topic", action="append", default=[], metavar="T",
+                      help="a topic subscribed in the generic protocol "
+                           '({"op":"subscribe","args":[T,...]}), acked and re-subscribed on '
+                           "every connection; repeatable; required with a pool")
     tail.add_argument("--ping", default="ws", help="ws | none | text:ping[:pong] | json:{...}")
     tail.add_argument("--stale-after", type=float, default=None, metavar="S",
                       help="reconnect when no data arrives for S seconds")
     tail.add_argument("--format", choices=["raw", "json", "pretty"], default="json")
-    tail.add_argument("--stats", action="store_true", help="health snapshot to stderr every 5 s")
+    tail.add_argument("--stats", action="store_true",
+                      help="health snapshot (JSON) to stderr every --status-interval; with a "
+                           "pool, the summary adds a table of its connections")
     tail.add_argument("--retries", type=int, default=5,
                       help="consecutive failed attempts before giving up")
     tail.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+    tail.add_argument("--redundancy", type=int, default=1, metavar="N",
+                      help="connections carrying the same topics (hot-hot); N > 1 runs a "
+                           "FeedPool and needs --dedup-id or --dedup-hash (default 1)")
+    tail.add_argument("--pool", action="store_true",
+                      help="run a FeedPool even with --redundancy 1 (rotation by --max-age "
+                           "and on venue notices; needs --dedup-id or --dedup-hash)")
+    tail.add_argument("--dedup-id", metavar="FIELD",
+                      help="de-duplicate on this JSON field, a monotonic id per topic (e.g. "
+                           "seq): exactly once, in order per topic, holes reported as gaps")
+    tail.add_argument("--dedup-topic", metavar="FIELD",
+                      help="with --dedup-id: the JSON field naming the topic (default: topic; "
+                           "'' for one implicit topic)")
+    tail.add_argument("--dedup-hash", metavar="FIELD",
+                      help="de-duplicate on a hash of this JSON field's raw value (e.g. data), "
+                           "for ids per connection: duplicates within a recent window are "
+                           "dropped; order and gaps are not known")
+    tail.add_argument("--max-age", type=float, default=None, metavar="S",
+                      help="with a pool: the venue cuts connections at this age (Binance: "
+                           "86400); each is replaced before it, make-before-break")
+    tail.add_argument("--status-interval", type=float, default=5.0, metavar="S",
+                      help="seconds between status lines of a pool and --stats snapshots "
+                           "(default 5)")
     bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
     tail.add_argument("--verbose", action="store_true", help="log to stderr")
     demo.add_argument("--verbose", action="store_true", help="log to stderr")
     args = parser.parse_args(argv)
-    if args.command != "bench":
-        quiet_logs(args.verbose)
     try:
+        if args.command == "tail":
+            check_tail_args(args)  # usage errors before anything runs
+        if args.command != "bench":
+            quiet_logs(args.verbose)
         if args.command == "bench":
             return run_bench(args.args)
         runner = _runner()
         if args.command == "demo":
             return int(runner(run_demo(args.duration, args.rate, not args.no_faults)))
+        if args.pool or args.redundancy > 1:
+            return int(runner(run_tail_pool(args)))
         return int(runner(run_tail(args)))
     except CliError as exc:
         print(f"defi-ws: error: {exc}", file=sys.stderr)

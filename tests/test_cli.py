@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import orjson
 import pytest
 
+from defi_ws.cli import main
 from defi_ws.testing import ExchangeSimulator
 
 CLI = [sys.executable, "-m", "defi_ws"]
@@ -17,6 +19,12 @@ CLI = [sys.executable, "-m", "defi_ws"]
 
 def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s)
+
+
+def summary_value(out: str, label: str) -> int:
+    """The number after ``label`` on the first summary line that starts with it."""
+    line = next(line for line in out.splitlines() if line.strip().startswith(label))
+    return int(line.strip()[len(label):].split()[0].replace(",", ""))
 
 
 def test_demo_runs_with_faults_and_prints_a_summary() -> None:
@@ -28,6 +36,15 @@ def test_demo_runs_with_faults_and_prints_a_summary() -> None:
     rtt = next(line for line in done.stdout.splitlines() if "heartbeat RTT" in line)
     assert "p50 None" not in rtt  # the live view and summary show heartbeat RTT
     assert done.stderr == ""  # library logs stay quiet without --verbose
+    # The pool: its connections and who delivers, live; duplicates and rotations.
+    pool_lines = [line for line in done.stdout.splitlines() if line.startswith("  pool r0#")]
+    assert len(pool_lines) >= 10 and all("rotations=" in line for line in pool_lines)
+    assert re.search(r"r0#\d+ LIVE +\d+% r1#\d+ LIVE +\d+% \| dups=", pool_lines[-1])
+    pool = done.stdout.split("pool summary:", 1)[1]
+    assert summary_value(pool, "duplicates dropped") > 50  # the second copy, dropped
+    assert summary_value(pool, "rotations") >= 1  # before the venue's age limit
+    assert summary_value(pool, "delivered twice") == 0
+    assert re.search(r"^  r1#\d+ +LIVE +3 ", pool, re.MULTILINE)  # the per-connection rows
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
@@ -61,6 +78,8 @@ async def test_tail_streams_reconnects_and_exits_cleanly_on_ctrl_c() -> None:
     (["tail", "ws://127.0.0.1:1/", "--subscribe", "{not json"], "--subscribe: not valid JSON"),
     (["tail", "ws://127.0.0.1:1/", "--ping", "carrier-pigeon"], "--ping"),
     (["tail", "ws://127.0.0.1:1/", "--retries", "1"], "connect_failed"),
+    (["tail", "ws://127.0.0.1:1/", "--retries", "1", "--redundancy", "2", "--topic", "a",
+      "--dedup-id", "seq"], "connect_failed"),  # every connection of the pool gave up
 ])
 def test_errors_are_one_line_and_non_zero(args: list[str], needle: str) -> None:
     done = run_cli(*args)
@@ -68,3 +87,79 @@ def test_errors_are_one_line_and_non_zero(args: list[str], needle: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("defi-ws: error:")
     assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_tail_with_redundancy_prints_each_message_once_through_a_drop_and_a_rotation(
+) -> None:
+    topics = ["trades.BTC", "trades.ETH"]
+
+    def subscribed_twice() -> bool:
+        return all(sim.subscribers(topic) == 2 for topic in topics)
+
+    async with ExchangeSimulator(rate_per_s=100) as sim:
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "tail", sim.url, "--topic", topics[0], "--topic", topics[1],
+            "--redundancy", "2", "--dedup-id", "seq", "--status-interval", "0.5", "--stats",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        await sim.wait_for(subscribed_twice, 15)
+        await asyncio.sleep(0.5)
+        assert sim.drop(sim.connections[0])  # one of the two: the other carries the feed
+        await sim.wait_for(lambda: sim.connections_accepted >= 3 and subscribed_twice(), 15)
+        await asyncio.sleep(0.5)
+        # The venue announces a cut: the pool replaces that connection, make-before-break.
+        assert sim.announce_shutdown(sim.connections[-1], cut_after_s=10.0) == 1
+        await sim.wait_for(lambda: sim.connections_accepted >= 4 and subscribed_twice()
+                           and sim.current_connections == 2, 15)
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    status = err.decode()
+    assert proc.returncode == 0, status
+    messages = [orjson.loads(line) for line in out.splitlines()]
+    assert all(m.get("topic") in topics and "seq" in m for m in messages)  # data only
+    for topic in topics:
+        seqs = [m["seq"] for m in messages if m["topic"] == topic]
+        assert len(seqs) >= 50
+        assert len(set(seqs)) == len(seqs), "a message was printed twice"
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a message was lost"
+    assert "Traceback" not in status
+    assert status.count("live on ws://127.0.0.1") >= 4  # 2, the reconnect, the replacement
+    assert "disconnected: transport_error" in status and "(1/2 connections live)" in status
+    assert re.search(r"rotated r\d#\d+ -> r\d#\d+", status)
+    # Status lines: every connection, its state and share of deliveries, the totals.
+    pool_lines = re.findall(r"pool: 2/2 live; r0#\d+ LIVE \d+% \(.*", status)
+    assert pool_lines and all("duplicates dropped" in line for line in pool_lines)
+    summary = status.split("summary:", 1)[1]
+    assert ", 1 rotations," in summary and ", 0 gaps," in summary
+    assert "disconnects transport_error 1" in summary
+    dropped = int(re.search(r"([\d,]+) duplicates dropped", summary)[1].replace(",", ""))
+    assert dropped >= 50
+    # --stats: the pool snapshot in readable form, one row per connection.
+    assert "pool snapshot: redundancy 2, 1 group(s) of connections, 2 topic(s)" in summary
+    assert len(re.findall(r"^\[defi-ws\]   r[01]#\d+ +LIVE +2 ", summary, re.MULTILINE)) == 2
+    assert "{" not in summary
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--redundancy", "2", "--topic", "a"], "--redundancy 2 needs --dedup-id FIELD"),
+    (["--pool", "--topic", "a"], "--pool needs --dedup-id FIELD"),
+    (["--redundancy", "0"], "--redundancy must be >= 1"),
+    (["--dedup-id", "seq", "--topic", "a"], "--dedup-id needs a pool"),
+    (["--max-age", "60"], "--max-age needs a pool"),
+    (["--redundancy", "2", "--dedup-id", "seq"], "a pool needs at least one --topic"),
+    (["--redundancy", "2", "--topic", "a", "--dedup-id", "seq", "--dedup-hash", "data"],
+     "exclude each other"),
+    (["--redundancy", "2", "--topic", "a", "--dedup-hash", "data", "--dedup-topic", "s"],
+     "--dedup-topic goes with --dedup-id"),
+    (["--redundancy", "2", "--topic", "a", "--dedup-id", "seq", "--subscribe", "{}"],
+     "a pool subscribes each of its connections itself"),
+    (["--redundancy", "2", "--topic", "a", "--dedup-id", ""], "--dedup-id needs a field name"),
+])
+def test_pool_usage_errors_are_one_line_and_exit_2(
+        args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tail", "ws://127.0.0.1:1/", *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("defi-ws: error:") and needle in lines[0]
+    assert captured.out == ""
