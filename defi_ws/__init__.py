@@ -6,7 +6,7 @@ The public API is re-exported here; see the README for the concepts. Test double
 
 from __future__ import annotations
 
-from defi_ws._core import FeedListener, FrameEncoder
+from defi_ws._core import Deduplicator, FeedListener, FrameEncoder
 from defi_ws.client import ErrorPolicy, FeedClient
 from defi_ws.errors import (
     ConfigError,
@@ -18,11 +18,20 @@ from defi_ws.errors import (
     NotConnectedError,
     SendQueueFull,
 )
-from defi_ws.handler import Ack, AuthReply, ExchangeHandler, JsonHandler
+from defi_ws.handler import (
+    Ack,
+    AuthReply,
+    DedupSpec,
+    ExchangeHandler,
+    JsonHandler,
+    Notice,
+    VenueLimits,
+)
 from defi_ws.health import ErrorRateRule, Health, HealthRule, RttHistogram, RttRule
 from defi_ws.heartbeat import HeartbeatStrategy, JsonPing, NoPing, TextPing, WsPing
 from defi_ws.lifecycle import Lifecycle, State
 from defi_ws.pacing import TokenBucket
+from defi_ws.pool import FeedPool
 from defi_ws.reasons import Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, FixedDelay, NoReconnect, ReconnectStrategy
 from defi_ws.sequence import Gap
@@ -45,6 +54,8 @@ __all__ = [
     "ConnectError",
     "ConnectOptions",
     "Connection",
+    "DedupSpec",
+    "Deduplicator",
     "DefiWsError",
     "Disconnect",
     "DisconnectReason",
@@ -56,6 +67,7 @@ __all__ = [
     "FeedClient",
     "FeedClosedError",
     "FeedListener",
+    "FeedPool",
     "FixedDelay",
     "FrameEncoder",
     "Gap",
@@ -69,6 +81,7 @@ __all__ = [
     "NoPing",
     "NoReconnect",
     "NotConnectedError",
+    "Notice",
     "PicowsTransport",
     "ReconnectStrategy",
     "RttHistogram",
@@ -82,6 +95,7 @@ __all__ = [
     "TokenBucket",
     "TopicState",
     "Transport",
+    "VenueLimits",
     "WsPing",
     "__version__",
     "default_is_retryable",

@@ -29,9 +29,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import picows
+
+if TYPE_CHECKING:
+    from defi_ws._core import Deduplicator
 
 from defi_ws import _compat
 from defi_ws._core import ERROR_POLICY_CONTINUE, ERROR_POLICY_DISCONNECT, FeedListener, now_ns
@@ -43,7 +46,7 @@ from defi_ws.errors import (
     FeedClosedError,
     NotConnectedError,
 )
-from defi_ws.handler import ExchangeHandler, JsonHandler
+from defi_ws.handler import ExchangeHandler, JsonHandler, Notice
 from defi_ws.health import Health, HealthRule, StaleClock
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
@@ -207,6 +210,15 @@ class FeedClient:
         on_gap: called with each :class:`~defi_ws.sequence.Gap` in a topic's
             sequence numbers (needs ``handler.sequence_of``), reconnects included.
         on_state_change: called with ``(old, new)`` on every lifecycle transition.
+        on_notice: called with each :class:`~defi_ws.handler.Notice` (the venue will
+            cut the connection soon); a :class:`~defi_ws.pool.FeedPool` rotates.
+        dedup: a :class:`~defi_ws._core.Deduplicator` shared with redundant
+            connections: duplicates are dropped before decode (``FeedPool`` sets it).
+        track_sequences: check ``handler.sequence_of`` for gaps on this connection
+            (a pool checks the merged stream instead and turns it off).
+        connect_gate: asked before every connection attempt with the current clock;
+            returns 0 to go or the seconds to wait before asking again (a pool's
+            connection-rate limit).
         clock: monotonic seconds (tests pass a manual clock).
         name: a label for logs.
 
@@ -247,6 +259,10 @@ class FeedClient:
         on_subscription_rejected: Callable[[str, str], object] | None = None,
         on_gap: Callable[[Gap], object] | None = None,
         on_state_change: Callable[[State, State], object] | None = None,
+        on_notice: Callable[[Notice], object] | None = None,
+        dedup: Deduplicator | None = None,
+        track_sequences: bool = True,
+        connect_gate: Callable[[float], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "feed",
     ) -> None:
@@ -326,7 +342,11 @@ class FeedClient:
             topic_of if stale.topic_allowance_s else None)
         sequence_of = getattr(handler, "sequence_of", None)
         self._sequence_of: Callable[[Any], tuple[str, int] | None] | None = (
-            sequence_of if getattr(handler, "tracks_sequences", True) else None)
+            sequence_of if track_sequences and getattr(handler, "tracks_sequences", True)
+            else None)
+        self._dedup = dedup
+        self._on_notice = on_notice
+        self._connect_gate = connect_gate
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_reconnected = on_reconnected
@@ -451,13 +471,18 @@ class FeedClient:
             self._run(), name=f"defi_ws:{self.name}"
         )
 
-    async def stop(self, timeout_s: float | None = None) -> None:
+    async def stop(self, timeout_s: float | None = None, *, rotation: bool = False) -> None:
         """Stop the feed: closing handshake, then abort after ``close_timeout_s``.
 
         Safe to call at any time and more than once, including during connect,
         auth or backoff. Leaves no task and no socket behind. A cancellation of the
         caller while it waits is not swallowed: the feed is aborted and the
         ``CancelledError`` propagates.
+
+        Args:
+            timeout_s: how long to wait for the task (default: ``close_timeout_s`` + 1).
+            rotation: the connection is closed because a replacement took over
+                (reason ``ROTATION`` instead of ``LOCAL_STOP``).
         """
         task = self._task
         self._stop_requested = True
@@ -470,7 +495,10 @@ class FeedClient:
             if session is None or self._conn is None:
                 task.cancel()  # connecting or backing off: nothing to close gracefully
             else:
-                session.stop(self._clock())
+                if rotation:
+                    session.rotate(self._clock(), "replaced by a newer connection")
+                else:
+                    session.stop(self._clock())
                 self._wake()
             limit_s = timeout_s if timeout_s is not None else self._close_timeout_s + 1.0
             try:
@@ -654,6 +682,9 @@ class FeedClient:
                     self._step(self._lc.stop(self._clock()), before)
                     break
                 if self._lc.state is State.CONNECTING:
+                    if not await self._admitted():
+                        self._force_closed()  # stopped while waiting for the gate
+                        break
                     await self._connection()
                 elif self._lc.state is State.BACKOFF:
                     await self._backoff()
@@ -674,6 +705,23 @@ class FeedClient:
             assert self._live is not None and self._done is not None
             self._live.clear()
             self._done.set()
+
+    async def _admitted(self) -> bool:
+        """Wait until ``connect_gate`` lets this attempt through (False: stopped)."""
+        gate = self._connect_gate
+        if gate is None:
+            return True
+        assert self._signal is not None
+        while not self._stop_requested:
+            wait_s = gate(self._clock())
+            if wait_s <= 0:
+                return True
+            log.debug("%s: connection rate limit: next attempt in %.3fs", self.name, wait_s)
+            self._signal.clear()
+            with contextlib.suppress(TimeoutError):
+                async with _compat.timeout(wait_s):
+                    await self._signal.wait()
+        return False
 
     def _force_closed(self) -> None:
         state = self._lc.state
@@ -728,7 +776,7 @@ class FeedClient:
             on_control=functools.partial(self._on_control, session, events, deliver),
             control_prefixes=handler.control_prefixes,
             max_message_size=self._max_message_size, error_policy=int(self._error_policy),
-            errors=self.health.errors,
+            errors=self.health.errors, dedup=self._dedup,
         )
         events.listener = listener
         pong = self._heartbeat.pong_pattern()
@@ -793,7 +841,7 @@ class FeedClient:
                 error = await conn.wait_closed()
                 session.connection_lost(self._clock(), _transport_disconnect(error))
             else:
-                session.tick(now, listener.messages, listener.last_data_ns)
+                session.tick(now, listener.messages + listener.duplicates, listener.last_data_ns)
             lost = self._apply(session, conn)
             if lost is not None:
                 return lost
@@ -918,6 +966,16 @@ class FeedClient:
     def _on_control(self, session: Session, events: _Events,
                     deliver: Callable[[Any], object], message: Any) -> None:
         results = self.handler.classify(message)
+        if any(isinstance(result, Notice) for result in results):
+            for result in results:
+                if isinstance(result, Notice):
+                    log.info("%s: the venue will cut this connection%s: %s", self.name,
+                             "" if result.cut_in_s is None else f" in {result.cut_in_s:g} s",
+                             result.detail)
+                    self._notify(self._on_notice, result)
+            results = [r for r in results if not isinstance(r, Notice)]
+            if not results:
+                return
         if not results:
             # data after all: counted as data, and the same path as the hot path's
             listener = events.listener

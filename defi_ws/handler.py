@@ -33,8 +33,11 @@ __all__ = [
     "Ack",
     "AuthReply",
     "Control",
+    "DedupSpec",
     "ExchangeHandler",
     "JsonHandler",
+    "Notice",
+    "VenueLimits",
     "chunked",
 ]
 
@@ -64,10 +67,94 @@ class AuthReply:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """The venue announced that it will cut this connection (maintenance, 24 h limit).
+
+    Binance's ``serverShutdown`` event and OKX's ``notice`` (64008) are such notices; a
+    :class:`~defi_ws.pool.FeedPool` answers one with a make-before-break rotation.
+
+    Attributes:
+        cut_in_s: seconds until the venue cuts the connection, when it says so.
+        detail: the venue's words, for logs.
+    """
+
+    cut_in_s: float | None = None
+    detail: str = ""
+
+
 T = TypeVar("T")
 
 #: What ``classify`` reports about one message.
-Control = Ack | AuthReply
+Control = Ack | AuthReply | Notice
+
+
+@dataclass(frozen=True, slots=True)
+class VenueLimits:
+    """What a venue allows, declared by its handler and obeyed by :class:`FeedPool`.
+
+    Attributes:
+        topics_per_connection: most topics one connection may carry.
+        messages_per_s: outbound (client to venue) messages per second per connection;
+            ``None`` for no limit.
+        burst: outbound messages that may leave at once under ``messages_per_s``.
+        connections_per_window: at most ``(count, window_s)`` new connections per
+            window, per host, shared by every pool of the process; ``None`` for no
+            limit.
+        max_connection_age_s: the venue cuts a connection at this age (Binance: 24 h);
+            the pool rotates before it. ``None`` when connections may live for ever.
+    """
+
+    topics_per_connection: int = 1024
+    messages_per_s: float | None = None
+    burst: int = 5
+    connections_per_window: tuple[int, float] | None = None
+    max_connection_age_s: float | None = None
+
+    def problems(self) -> list[str]:
+        """Every invalid field, as readable sentences (empty when all are valid)."""
+        out = []
+        if not (isinstance(self.topics_per_connection, int) and self.topics_per_connection >= 1):
+            out.append(f"topics_per_connection must be an int >= 1, "
+                       f"got {self.topics_per_connection!r}")
+        if self.messages_per_s is not None and not self.messages_per_s > 0:
+            out.append(f"messages_per_s must be > 0 or None, got {self.messages_per_s!r}")
+        if not (isinstance(self.burst, int) and self.burst >= 1):
+            out.append(f"burst must be an int >= 1, got {self.burst!r}")
+        if self.connections_per_window is not None:
+            count, window_s = self.connections_per_window
+            if not (isinstance(count, int) and count >= 1 and window_s > 0):
+                out.append("connections_per_window must be (count >= 1, window_s > 0), "
+                           f"got {self.connections_per_window!r}")
+        if self.max_connection_age_s is not None and not self.max_connection_age_s > 0:
+            out.append(f"max_connection_age_s must be > 0 or None, "
+                       f"got {self.max_connection_age_s!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DedupSpec:
+    """How to recognise the same message on redundant connections, from raw bytes.
+
+    Read before decode by :class:`defi_ws._core.Deduplicator` (see there for the exact
+    rules). Give ``id_field`` (a monotonic per-topic id, e.g. ``"seq"``, Binance
+    ``"t"``) with ``topic_field`` for exactly-once, in-order delivery and gap reports;
+    or ``hash_field`` (the field whose raw JSON value is hashed, e.g. ``"data"``) for
+    venues whose ids are per connection: then duplicates inside a bounded window are
+    dropped, and order and gaps are not guaranteed.
+
+    Attributes:
+        id_field: JSON field of a monotonic per-topic id (integer or quoted integer).
+        topic_field: JSON field naming the topic (string); ``None`` means one topic
+            (a message without the configured field has no key and is delivered).
+        hash_field: JSON field whose raw value is hashed when there is no id.
+        window: how many recent hashes are remembered.
+    """
+
+    id_field: str | None = None
+    topic_field: str | None = None
+    hash_field: str | None = None
+    window: int = 65536
 
 
 class ExchangeHandler(Protocol):
@@ -105,7 +192,7 @@ class ExchangeHandler(Protocol):
         """Messages unsubscribing ``topics``."""
 
     def classify(self, message: Any) -> Sequence[Control]:
-        """Recognise acks and auth replies; an empty result means data."""
+        """Recognise acks, auth replies and cut notices; an empty result means data."""
 
     def on_message(self, message: Any) -> None:
         """Receive one data message."""
@@ -120,6 +207,12 @@ class ExchangeHandler(Protocol):
     #     False turns gap detection off although sequence_of exists.
     # data_sink: Callable[[Any], object]
     #     What the hot path calls per data message instead of on_message.
+    # limits: VenueLimits
+    #     The venue's limits (topics per connection, outbound rate, connection rate,
+    #     connection age), obeyed by FeedPool (default: VenueLimits()).
+    # dedup: DedupSpec | None
+    #     How redundant connections recognise duplicates before decode; a FeedPool
+    #     with redundancy > 1 or rotation needs it.
 
 
 def chunked(items: Sequence[T], size: int) -> list[list[T]]:
@@ -147,7 +240,9 @@ class JsonHandler:
             nothing; subclasses override it instead).
         max_topics_per_message: most topics per subscribe message.
         sequence_field: the field holding a per-topic sequence number (e.g.
-            ``"seq"``); when set, gaps are detected and reported (``on_gap``).
+            ``"seq"``); when set, gaps are detected and reported (``on_gap``), and a
+            :class:`FeedPool` de-duplicates redundant connections on it.
+        limits: the venue's limits (default: :class:`VenueLimits` defaults).
 
     Raises:
         ConfigError: ``url`` is not a usable WebSocket URL (the message names the
@@ -156,6 +251,7 @@ class JsonHandler:
 
     decode: Callable[[memoryview], Any] | None = staticmethod(orjson.loads)
     control_prefixes: tuple[bytes, ...] | None = (b'{"event"',)
+    limits: VenueLimits = VenueLimits()
 
     def __init__(
         self,
@@ -164,6 +260,7 @@ class JsonHandler:
         on_data: Callable[[Any], object] | None = None,
         max_topics_per_message: int = 50,
         sequence_field: str | None = None,
+        limits: VenueLimits | None = None,
     ) -> None:
         if type(self).url is JsonHandler.url:  # an overridden url() makes its own URLs
             check_url(url, what=f"{type(self).__name__} url")
@@ -171,6 +268,13 @@ class JsonHandler:
         self._on_data = on_data
         self.max_topics_per_message = max_topics_per_message
         self._sequence_field = sequence_field
+        if limits is not None:
+            self.limits = limits
+        #: Duplicates on redundant connections: the sequence field per topic, else
+        #: a hash of the ``data`` field.
+        self.dedup: DedupSpec | None = (
+            DedupSpec(id_field=sequence_field, topic_field="topic")
+            if sequence_field is not None else DedupSpec(hash_field="data"))
 
     @property
     def tracks_sequences(self) -> bool:
@@ -229,6 +333,10 @@ class JsonHandler:
             return (Ack(str(message["topic"]), ok=False, detail=str(message.get("msg", ""))),)
         if event == "login":
             return (AuthReply(bool(message.get("success")), str(message.get("msg", ""))),)
+        if event == "notice":
+            cut_ms = message.get("cut_in_ms")
+            return (Notice(cut_ms / 1000.0 if isinstance(cut_ms, int | float) else None,
+                           str(message.get("type", ""))),)
         return ()
 
     def on_message(self, message: Any) -> None:

@@ -1,0 +1,574 @@
+"""Many connections to one venue as one feed: :class:`FeedPool`.
+
+A pool places topics on connections by the venue's declared limits
+(:class:`~defi_ws.handler.VenueLimits`), keeps ``redundancy`` connections carrying the
+same topics (hot-hot), delivers each message once (duplicates are recognised from the
+raw bytes and dropped before decode by a shared :class:`~defi_ws._core.Deduplicator`),
+and replaces connections before the venue cuts them (make-before-break rotation).
+
+The policy parts are sans-I/O and tested on their own: :class:`Placement` (which
+connection group carries which topic) and :class:`ConnectionRateLimiter` (new
+connections per window, shared per host across every pool of the process). The pool
+itself only starts and stops :class:`~defi_ws.client.FeedClient` replicas and sleeps
+until its next deadline (a rotation, a gap report).
+
+Guarantees, with a :class:`~defi_ws.handler.DedupSpec` that has an ``id_field``
+(monotonic per-topic ids): every message reaches ``on_message`` at most once and in
+increasing id order per topic; a stretch of ids nobody delivered is reported through
+``on_gap``. A message is lost only if every connection carrying its topic missed it,
+or if the connection that had it was behind another one that had already delivered a
+later id (ids are never delivered out of order). With a ``hash_field`` instead, a
+duplicate is dropped if it arrives within the last ``window`` messages; order and gaps
+are not known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from defi_ws import _compat
+from defi_ws._core import Deduplicator
+from defi_ws.client import FeedClient
+from defi_ws.errors import ConfigError, FeedClosedError
+from defi_ws.handler import DedupSpec, ExchangeHandler, Notice, VenueLimits
+from defi_ws.lifecycle import State
+from defi_ws.reasons import Disconnect
+from defi_ws.sequence import Gap
+
+__all__ = ["ConnectionRateLimiter", "FeedPool", "Placement", "shared_rate_limiter"]
+
+log = logging.getLogger("defi_ws.pool")
+
+
+class ConnectionRateLimiter:
+    """At most ``count`` new connections in any ``window_s`` (sliding window), sans-I/O.
+
+    The venue counts connections when it accepts them, a little after the client
+    started them, and handshakes take varying time: two starts ``window_s`` apart can
+    be accepted closer together. Each start therefore occupies its slot for
+    ``window_s + margin_s``.
+
+    Args:
+        count: connections allowed per window.
+        window_s: the window, in seconds.
+        margin_s: extra time each start keeps its slot (default: 10 % of the window).
+    """
+
+    def __init__(self, count: int, window_s: float, margin_s: float | None = None) -> None:
+        if count < 1 or not window_s > 0:
+            raise ConfigError([f"connection rate must be (count >= 1, window_s > 0), "
+                               f"got ({count!r}, {window_s!r})"])
+        self.count = count
+        self.window_s = window_s + (0.1 * window_s if margin_s is None else margin_s)
+        self._starts: deque[float] = deque()
+
+    def reserve(self, now: float) -> float:
+        """Take a slot now (returns 0.0) or say how long to wait before asking again."""
+        starts = self._starts
+        while starts and starts[0] <= now - self.window_s:
+            starts.popleft()
+        if len(starts) < self.count:
+            starts.append(now)
+            return 0.0
+        return starts[0] + self.window_s - now
+
+    def in_window(self, now: float) -> int:
+        """Connections started within the last window."""
+        return sum(1 for t in self._starts if t > now - self.window_s)
+
+
+_SHARED: dict[tuple[str, int, float], ConnectionRateLimiter] = {}
+
+
+def shared_rate_limiter(url: str, limit: tuple[int, float]) -> ConnectionRateLimiter:
+    """The process-wide limiter for ``url``'s host: pools to one venue share it."""
+    host = (urlsplit(url).hostname or "").lower()
+    key = (host, limit[0], float(limit[1]))
+    limiter = _SHARED.get(key)
+    if limiter is None:
+        limiter = _SHARED[key] = ConnectionRateLimiter(*limit)
+    return limiter
+
+
+class Placement:
+    """Which connection group carries which topic, filled first-fit, sans-I/O.
+
+    Args:
+        per_group: most topics one group (one set of redundant connections) carries.
+    """
+
+    def __init__(self, per_group: int) -> None:
+        self.per_group = per_group
+        self.groups: dict[int, set[str]] = {}
+        self._group_of: dict[str, int] = {}
+        self._next_id = 0
+
+    def group_of(self, topic: str) -> int | None:
+        """The group carrying ``topic``, if any."""
+        return self._group_of.get(topic)
+
+    def add(self, topics: Iterable[str]) -> dict[int, list[str]]:
+        """Place new topics; returns the topics added per group (new groups included)."""
+        added: dict[int, list[str]] = {}
+        for topic in topics:
+            if topic in self._group_of:
+                continue
+            gid = next((g for g, members in self.groups.items()
+                        if len(members) < self.per_group), None)
+            if gid is None:
+                gid = self._next_id
+                self._next_id += 1
+                self.groups[gid] = set()
+            self.groups[gid].add(topic)
+            self._group_of[topic] = gid
+            added.setdefault(gid, []).append(topic)
+        return added
+
+    def remove(self, topics: Iterable[str]) -> dict[int, list[str]]:
+        """Remove topics; returns the topics removed per group (empty groups are dropped)."""
+        removed: dict[int, list[str]] = {}
+        for topic in topics:
+            gid = self._group_of.pop(topic, None)
+            if gid is None:
+                continue
+            self.groups[gid].discard(topic)
+            removed.setdefault(gid, []).append(topic)
+        for gid in removed:
+            if not self.groups[gid]:
+                del self.groups[gid]
+        return removed
+
+
+class _UrlHandler:
+    """A handler seen through another URL (redundant connections to other endpoints)."""
+
+    def __init__(self, handler: ExchangeHandler, url: str) -> None:
+        self._handler = handler
+        self._url = url
+
+    def url(self, attempt: int) -> str:
+        return self._url
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+
+@dataclasses.dataclass(eq=False)
+class _Replica:
+    """One connection of a group (a FeedClient across its reconnects)."""
+
+    group: int
+    index: int
+    generation: int
+    client: FeedClient
+    started_at: float
+    rotate_at: float | None
+    retiring: bool = False
+    notice: Notice | None = None
+    noticed_at: float = 0.0
+
+
+class FeedPool:
+    """One logical feed over many connections to one venue.
+
+    Same handler, same callbacks as :class:`~defi_ws.client.FeedClient`. Topics are
+    placed on groups of ``redundancy`` connections, at most
+    ``limits.topics_per_connection`` per group; a new group opens when topics outgrow
+    the current ones. Every connection obeys the venue's outbound rate, and new
+    connections (reconnects and rotations included) the connection-rate limit, shared
+    per host by every pool of the process.
+
+    Args:
+        handler: the venue adapter; ``handler.limits`` and ``handler.dedup`` are used
+            unless given here.
+        topics: topics to subscribe from the start.
+        redundancy: connections carrying each topic (hot-hot; 1 for none).
+        urls: one URL per redundant connection (cycled), e.g. a venue's alternative
+            endpoints; default: ``handler.url()`` for all.
+        limits: overrides ``handler.limits``.
+        dedup: overrides ``handler.dedup`` (needed for ``redundancy > 1`` and rotation).
+        rotate_before_s: rotate this long before ``max_connection_age_s`` (default:
+            10 % of it).
+        rotation_jitter_s: spread rotations randomly over this much earlier time, so
+            connections opened together are not rotated together (default: 10 % of
+            the age limit).
+        rotation_overlap_s: after the replacement is LIVE, both run this long before
+            the old one is closed (the replacement catches up).
+        rotation_timeout_s: a replacement not LIVE within this long is given up (the
+            old connection stays; the rotation is tried again).
+        gap_poll_s: how often gaps found by the de-duplicator are reported.
+        on_gap: called with each :class:`~defi_ws.sequence.Gap` of the merged stream.
+        on_disconnected: called with each user-visible disconnect (rotations are not).
+        on_subscription_rejected: called with ``(topic, detail)``.
+        client_options: keyword arguments for every :class:`FeedClient` (heartbeat,
+            stale clock, reconnect strategy, TLS...).
+        clock: monotonic seconds.
+        seed: seed of the rotation jitter (tests).
+        name: a label for logs.
+
+    Raises:
+        ConfigError: listing every invalid argument.
+    """
+
+    def __init__(
+        self,
+        handler: ExchangeHandler,
+        *,
+        topics: Iterable[str] = (),
+        redundancy: int = 1,
+        urls: Iterable[str] | None = None,
+        limits: VenueLimits | None = None,
+        dedup: DedupSpec | None = None,
+        rotate_before_s: float | None = None,
+        rotation_jitter_s: float | None = None,
+        rotation_overlap_s: float = 1.0,
+        rotation_timeout_s: float = 30.0,
+        gap_poll_s: float = 0.1,
+        on_gap: Callable[[Gap], object] | None = None,
+        on_disconnected: Callable[[Disconnect], object] | None = None,
+        on_subscription_rejected: Callable[[str, str], object] | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+        name: str = "pool",
+    ) -> None:
+        self.limits = limits or getattr(handler, "limits", None) or VenueLimits()
+        spec = dedup if dedup is not None else getattr(handler, "dedup", None)
+        problems = self.limits.problems()
+        if not (isinstance(redundancy, int) and redundancy >= 1):
+            problems.append(f"redundancy must be an int >= 1, got {redundancy!r}")
+        if spec is None and (redundancy > 1 or self.limits.max_connection_age_s):
+            problems.append("redundancy > 1 and rotation need a dedup spec "
+                            "(handler.dedup or dedup=)")
+        if not rotation_overlap_s >= 0 or not gap_poll_s > 0:
+            problems.append("rotation_overlap_s must be >= 0 and gap_poll_s > 0")
+        reserved = {"topics", "dedup", "track_sequences", "connect_gate", "on_notice",
+                    "on_disconnected", "on_subscription_rejected", "on_gap", "name",
+                    "clock", "outbound_rate_per_s", "outbound_burst"}
+        clashes = reserved & set(client_options or {})
+        if clashes:
+            problems.append(f"client_options may not set {sorted(clashes)} (the pool does)")
+        if problems:
+            raise ConfigError(problems)
+        self.handler = handler
+        self.name = name
+        self.redundancy = redundancy
+        self._urls = list(urls or [])
+        self._spec = spec
+        self.dedup: Deduplicator | None = None if spec is None else Deduplicator(
+            id_field=spec.id_field, topic_field=spec.topic_field,
+            hash_field=spec.hash_field, window=spec.window)
+        age_s = self.limits.max_connection_age_s
+        self._rotate_before_s = (rotate_before_s if rotate_before_s is not None
+                                 else (0.1 * age_s if age_s else 0.0))
+        self._jitter_s = (rotation_jitter_s if rotation_jitter_s is not None
+                          else (0.1 * age_s if age_s else 0.0))
+        self._overlap_s = rotation_overlap_s
+        self._rotation_timeout_s = rotation_timeout_s
+        self._rotation: asyncio.Task[None] | None = None
+        self._gap_poll_s = gap_poll_s
+        self._on_gap = on_gap
+        self._on_disconnected = on_disconnected
+        self._on_rejected = on_subscription_rejected
+        self._client_options = dict(client_options or {})
+        self._clock = clock
+        self._rng = random.Random(seed)
+        first_url = self._urls[0] if self._urls else handler.url(0)
+        self._limiter = (shared_rate_limiter(first_url, self.limits.connections_per_window)
+                         if self.limits.connections_per_window else None)
+        self.placement = Placement(self.limits.topics_per_connection)
+        self._replicas: dict[tuple[int, int], _Replica] = {}
+        self._generation = 0
+        self._initial = list(dict.fromkeys([topics] if isinstance(topics, str) else topics))
+        self._task: asyncio.Task[None] | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        #: Completed make-before-break rotations.
+        self.rotations = 0
+        #: Gaps of the merged stream reported through ``on_gap``.
+        self.gaps = 0
+        #: Connections opened (replicas created, rotations included).
+        self.connections_opened = 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The desired topics."""
+        return tuple(t for members in self.placement.groups.values() for t in members)
+
+    def clients(self) -> list[FeedClient]:
+        """The current connections' clients (group by group)."""
+        return [r.client for _, r in sorted(self._replicas.items())]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pool's health, with a per-connection breakdown."""
+        now = self._clock()
+        conns = []
+        for (gid, index), rep in sorted(self._replicas.items()):
+            snap = rep.client.snapshot()
+            conns.append({
+                "group": gid, "replica": index, "generation": rep.generation,
+                "state": snap["state"], "topics": len(self.placement.groups.get(gid, ())),
+                "messages": snap["messages"], "duplicates": snap.get("duplicates", 0),
+                "age_s": round(now - rep.started_at, 3),
+                "rotate_in_s": None if rep.rotate_at is None else round(rep.rotate_at - now, 3),
+                "rtt": snap["rtt"], "disconnects": snap["disconnects"],
+            })
+        dedup = self.dedup
+        return {
+            "name": self.name,
+            "redundancy": self.redundancy,
+            "groups": len(self.placement.groups),
+            "connections": conns,
+            "topics_desired": sum(len(m) for m in self.placement.groups.values()),
+            "delivered": None if dedup is None else dedup.delivered,
+            "duplicates_dropped": None if dedup is None else dedup.duplicates,
+            "gaps": self.gaps,
+            "rotations": self.rotations,
+            "connections_opened": self.connections_opened,
+        }
+
+    async def __aenter__(self) -> FeedPool:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def start(self) -> None:
+        """Open the connections for the initial topics (idempotent while running)."""
+        if self._stopping:
+            raise FeedClosedError("a stopped FeedPool cannot be restarted")
+        if self._task is not None:
+            return
+        self._wake_event = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"defi_ws:{self.name}")
+        self.subscribe(self._initial)
+
+    async def stop(self) -> None:
+        """Close every connection and report the last gaps; leaves no task behind."""
+        self._stopping = True
+        for task in (self._task, self._rotation):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        clients = [r.client for r in self._replicas.values()]
+        self._replicas.clear()
+        await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+        for task in list(self._retired):
+            with contextlib.suppress(BaseException):
+                await task
+        self._drain_gaps()
+
+    async def wait_live(self, timeout_s: float | None = None) -> None:
+        """Wait until every group has at least one LIVE connection."""
+        async with _compat.timeout(timeout_s):
+            while not self._all_groups_live():
+                await asyncio.sleep(0.01)
+
+    def subscribe(self, topics: Iterable[str] | str) -> list[str]:
+        """Add topics; they are placed on a group with room (a new one if needed)."""
+        added = self.placement.add([topics] if isinstance(topics, str) else topics)
+        for gid, group_topics in added.items():
+            replicas = [r for (g, _), r in self._replicas.items() if g == gid]
+            if not replicas and self._task is not None:
+                for index in range(self.redundancy):
+                    self._start_replica(gid, index)
+            else:
+                for rep in replicas:
+                    rep.client.subscribe(group_topics)
+        return [t for group_topics in added.values() for t in group_topics]
+
+    def unsubscribe(self, topics: Iterable[str] | str) -> list[str]:
+        """Remove topics; a group left empty closes its connections."""
+        removed = self.placement.remove([topics] if isinstance(topics, str) else topics)
+        for gid, group_topics in removed.items():
+            for (g, index), rep in list(self._replicas.items()):
+                if g != gid:
+                    continue
+                if gid in self.placement.groups:
+                    rep.client.unsubscribe(group_topics)
+                else:
+                    del self._replicas[(g, index)]
+                    self._retire(rep, rotation=False)
+            if self.dedup is not None:
+                for topic in group_topics:
+                    self.dedup.forget(topic)
+        return [t for group_topics in removed.values() for t in group_topics]
+
+    # ------------------------------------------------------------------ internals
+
+    def _all_groups_live(self) -> bool:
+        for gid in self.placement.groups:
+            if not any(r.client.state is State.LIVE
+                       for (g, _), r in self._replicas.items() if g == gid):
+                return False
+        return True
+
+    def _connect_gate(self, now: float) -> float:
+        return 0.0 if self._limiter is None else self._limiter.reserve(now)
+
+    def _rotate_at(self, now: float) -> float | None:
+        age_s = self.limits.max_connection_age_s
+        if not age_s:
+            return None
+        jitter_s = self._rng.uniform(0.0, self._jitter_s)
+        return now + max(0.0, age_s - self._rotate_before_s - jitter_s)
+
+    def _start_replica(self, gid: int, index: int) -> _Replica:
+        self._generation += 1
+        generation = self._generation
+        handler: Any = self.handler
+        if self._urls:
+            handler = _UrlHandler(self.handler, self._urls[index % len(self._urls)])
+        rep: _Replica
+        client = FeedClient(
+            handler,
+            topics=sorted(self.placement.groups.get(gid, ())),
+            dedup=self.dedup,
+            track_sequences=self.dedup is None or self._spec is None
+            or self._spec.id_field is None,
+            connect_gate=self._connect_gate,
+            outbound_rate_per_s=self.limits.messages_per_s,
+            outbound_burst=self.limits.burst,
+            on_notice=lambda notice: self._noticed(rep, notice),
+            on_disconnected=lambda d: self._disconnected(rep, d),
+            on_subscription_rejected=self._rejected,
+            on_gap=self._client_gap,
+            clock=self._clock,
+            name=f"{self.name}.g{gid}.r{index}.{generation}",
+            **self._client_options,
+        )
+        now = self._clock()
+        rep = _Replica(gid, index, generation, client, now, self._rotate_at(now))
+        self._replicas[(gid, index)] = rep
+        self.connections_opened += 1
+        client.start()
+        self._wake()
+        return rep
+
+    def _retire(self, rep: _Replica, *, rotation: bool) -> None:
+        rep.retiring = True
+        task = asyncio.get_running_loop().create_task(rep.client.stop(rotation=rotation))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def _cut_at(self, rep: _Replica) -> float | None:
+        """When the venue will cut ``rep`` (its notice, or the age limit), if known."""
+        times = []
+        if rep.notice is not None and rep.notice.cut_in_s is not None:
+            times.append(rep.noticed_at + rep.notice.cut_in_s)
+        if self.limits.max_connection_age_s:
+            times.append(rep.started_at + self.limits.max_connection_age_s)
+        return min(times) if times else None
+
+    def _noticed(self, rep: _Replica, notice: Notice) -> None:
+        if rep.retiring or rep.notice is not None:
+            return
+        if self.dedup is None:  # an overlap would deliver duplicates: let the venue cut
+            log.info("%s: venue notice on g%d.r%d; no dedup spec, so no rotation",
+                     self.name, rep.group, rep.index)
+            return
+        rep.notice = notice
+        rep.noticed_at = self._clock()
+        rep.rotate_at = self._clock()  # rotate now: make before the venue breaks
+        self._wake()
+
+    def _disconnected(self, rep: _Replica, disconnect: Disconnect) -> None:
+        if rep.retiring:
+            return  # a rotation or an unsubscribed group: not the user's concern
+        rep.notice = None
+        rep.started_at = self._clock()
+        if self._on_disconnected is not None:
+            self._on_disconnected(disconnect)
+
+    def _rejected(self, topic: str, detail: str) -> None:
+        self.placement.remove([topic])
+        if self._on_rejected is not None:
+            self._on_rejected(topic, detail)
+
+    def _client_gap(self, gap: Gap) -> None:
+        self.gaps += 1
+        if self._on_gap is not None:
+            self._on_gap(gap)
+
+    def _drain_gaps(self) -> None:
+        if self.dedup is None:
+            return
+        for topic, first, last in self.dedup.drain_gaps():
+            self._client_gap(Gap(topic, first, last))
+
+    def _wake(self) -> None:
+        if self._wake_event is not None:
+            self._wake_event.set()
+
+    async def _run(self) -> None:
+        assert self._wake_event is not None
+        while True:
+            self._drain_gaps()
+            now = self._clock()
+            rotating = self._rotation is not None and not self._rotation.done()
+            due = [r for r in self._replicas.values()
+                   if not r.retiring and r.rotate_at is not None and r.rotate_at <= now]
+            if due and not rotating:  # one rotation at a time: the connection rate holds
+                self._rotation = asyncio.get_running_loop().create_task(
+                    self._rotate(min(due, key=lambda r: r.rotate_at or 0.0)))
+                self._rotation.add_done_callback(lambda _: self._wake())
+                continue
+            deadlines = [] if rotating else [
+                r.rotate_at for r in self._replicas.values()
+                if r.rotate_at is not None and not r.retiring]
+            sleep_s = self._gap_poll_s if self.dedup is not None else None
+            if deadlines:
+                until = min(deadlines) - now
+                sleep_s = until if sleep_s is None else min(sleep_s, until)
+            self._wake_event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with _compat.timeout(None if sleep_s is None else max(sleep_s, 0.001)):
+                    await self._wake_event.wait()
+
+    async def _rotate(self, old: _Replica) -> None:
+        """Make before break: open the replacement, let it catch up, then close ``old``."""
+        key = (old.group, old.index)
+        old.rotate_at = None  # not picked again while this runs
+        self._replicas.pop(key)
+        new = self._start_replica(old.group, old.index)
+        self._replicas[key] = old  # ``old`` stays the group's replica until the switch
+        try:
+            await new.client.wait_live(self._rotation_timeout_s)
+            overlap_s = self._overlap_s
+            cut_at = self._cut_at(old)
+            if cut_at is not None:  # never overlap past the venue's cut
+                overlap_s = min(overlap_s, max(0.0, (cut_at - self._clock()) / 2))
+            if overlap_s:
+                await asyncio.sleep(overlap_s)
+        except asyncio.CancelledError:
+            self._retire(new, rotation=False)
+            raise
+        except Exception as exc:  # the replacement failed: keep the old one, retry later
+            log.warning("%s: rotation of g%d.r%d failed (%s); retrying", self.name,
+                        old.group, old.index, exc)
+            self._retire(new, rotation=False)
+            old.rotate_at = self._clock() + max(1.0, self._overlap_s)
+            return
+        if self._replicas.get(key) is not old:  # unsubscribed meanwhile
+            self._retire(new, rotation=False)
+            return
+        self._replicas[key] = new
+        self._retire(old, rotation=True)
+        self.rotations += 1
+        log.info("%s: rotated g%d.r%d (%s)", self.name, old.group, old.index,
+                 "venue notice" if old.notice is not None else "age")
