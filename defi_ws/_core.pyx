@@ -371,7 +371,8 @@ def decode_keeps_no_reference(decode):
     Only then may the view point into the receive buffer (zero copy): user code sees
     only the decoded result. True for ``orjson.loads`` and for the ``decode`` method of
     a msgspec JSON/MessagePack ``Decoder`` whose type contains no ``msgspec.Raw`` and
-    no ``memoryview`` (the only msgspec results that alias the input). False for
+    no ``memoryview`` and that has no ``ext_hook`` (the only ways a msgspec result
+    aliases its input). False for
     anything else, including ``None`` (the view itself is delivered).
     """
     if decode is orjson.loads:
@@ -386,6 +387,8 @@ def decode_keeps_no_reference(decode):
         return False
     if not isinstance(owner, (msgspec.json.Decoder, msgspec.msgpack.Decoder)):
         return False
+    if getattr(owner, "ext_hook", None) is not None:
+        return False  # a MessagePack ext_hook is handed a memoryview of the input
     aliasing = (msgspec.inspect.RawType, msgspec.inspect.MemoryViewType)
     seen = set()
     todo = [msgspec.inspect.type_info(owner.type)]

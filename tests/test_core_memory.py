@@ -264,6 +264,26 @@ def test_whatever_is_kept_reads_its_own_bytes(plan: list[tuple[int, str, int, bo
             assert read(obj) == expected_of(name, payload)
 
 
+def test_msgpack_ext_hook_gets_a_copy_it_may_keep() -> None:
+    """msgspec hands an ext_hook a memoryview of its input: that decoder is not trusted."""
+    kept: list[memoryview] = []
+
+    def ext_hook(code: int, data: memoryview) -> Any:
+        kept.append(data)
+        return code
+
+    decoder = msgspec.msgpack.Decoder(ext_hook=ext_hook)
+    listener = FeedListener(lambda m: None, decode=decoder.decode)
+    assert not listener.zero_copy
+    wire = ReusedBuffer(listener)
+    payloads = [msgspec.msgpack.encode(msgspec.msgpack.Ext(1, message(i, 20)))
+                for i in range(5)]
+    for payload in payloads:
+        wire.send(payload)
+    assert [bytes(k) for k in kept] == [message(i, 20) for i in range(5)]
+    assert FeedListener(lambda m: None, decode=msgspec.msgpack.Decoder().decode).zero_copy
+
+
 def test_orjson_decode_reads_the_receive_buffer_in_place() -> None:
     """orjson.loads never keeps its argument: that path stays zero-copy."""
     assert FeedListener(lambda m: None).zero_copy
