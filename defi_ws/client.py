@@ -947,11 +947,12 @@ class FeedClient:
             return on_message
         counts = session.topic_counts
         tracker = self.sequences
+        desired = self._desired
 
         def tracked(message: Any) -> None:
             if topic_of is not None:
                 topic = topic_of(message)
-                if topic is not None:
+                if topic in desired:  # a venue's other topic names never grow the dict
                     counts[topic] = counts.get(topic, 0) + 1
             if sequence_of is not None:
                 numbered = sequence_of(message)

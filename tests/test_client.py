@@ -357,3 +357,39 @@ def test_data_routed_through_classify_still_gets_gap_detection() -> None:
         assert [(g.topic, g.first_missing, g.last_missing) for g in gaps] == [("a", 3, 4)]
 
     run_virtual(main())
+
+
+async def test_a_quiet_topic_with_its_own_window_goes_stale_and_others_do_not() -> None:
+    from defi_ws import _compat
+    from defi_ws.heartbeat import NoPing
+    from defi_ws.testing import ExchangeSimulator
+
+    lost: list[Disconnect] = []
+    async with ExchangeSimulator(rate_per_s=50) as sim:
+        sim.set_rate(0.0, "quiet")
+        client = FeedClient(JsonHandler(sim.url), topics=["busy", "quiet"],
+                            topic_stale_after_s={"quiet": 0.4, "busy": None},
+                            heartbeat=NoPing(), reconnect=FixedDelay(0.05), tick_s=0.05,
+                            on_disconnected=lost.append)
+        async with client:
+            await client.wait_live(10)
+            async with _compat.timeout(10):
+                while not lost:
+                    await asyncio.sleep(0.02)
+    assert lost[0].reason is DisconnectReason.STALE
+    assert "quiet" in lost[0].detail
+
+
+async def test_topics_the_venue_invents_do_not_grow_per_topic_state() -> None:
+    venue = MemoryVenue()
+    client = FeedClient(JsonHandler("ws://venue.test/ws"), topics=["a"],
+                        transport=venue.transport, topic_stale_after_s={"a": 60.0})
+    async with client:
+        await client.wait_live(5)
+        conn = venue.transport.current
+        for i in range(2000):
+            conn.server_send({"topic": f"spam.{i}", "seq": i, "data": {}})
+        conn.server_send({"topic": "a", "seq": 1, "data": {}})
+        session = client._session
+        assert session is not None
+        assert set(session.topic_counts) == {"a"}
