@@ -20,6 +20,7 @@ BENCHES = {
     "latency": ["latency.py", "--count", "20000", "--warmup", "2000"],
     "recovery": ["recovery.py", "--repeat", "5"],
     "connections": ["connections.py", "--counts", "1,100,1000", "--seconds", "1.5"],
+    "pool": ["pool.py", "--rotations", "20", "--idle-connections", "1000"],
 }
 
 
