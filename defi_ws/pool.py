@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -274,7 +275,9 @@ class FeedPool:
                           else (0.1 * age_s if age_s else 0.0))
         self._overlap_s = rotation_overlap_s
         self._rotation_timeout_s = rotation_timeout_s
-        self._rotation: asyncio.Task[None] | None = None
+        self._rotations: dict[tuple[int, int], asyncio.Task[None]] = {}
+        #: Replacements being brought up by a rotation, by the slot they will take.
+        self._incoming: dict[tuple[int, int], _Replica] = {}
         self._gap_poll_s = gap_poll_s
         self._on_gap = on_gap
         self._on_disconnected = on_disconnected
@@ -360,13 +363,14 @@ class FeedPool:
     async def stop(self) -> None:
         """Close every connection and report the last gaps; leaves no task behind."""
         self._stopping = True
-        for task in (self._task, self._rotation):
+        for task in (self._task, *self._rotations.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        clients = [r.client for r in self._replicas.values()]
+        clients = [r.client for r in (*self._replicas.values(), *self._incoming.values())]
         self._replicas.clear()
+        self._incoming.clear()
         await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
         for task in list(self._retired):
             with contextlib.suppress(BaseException):
@@ -386,8 +390,9 @@ class FeedPool:
             replicas = [r for (g, _), r in self._replicas.items() if g == gid]
             if not replicas and self._task is not None:
                 for index in range(self.redundancy):
-                    self._start_replica(gid, index)
+                    self._replicas[(gid, index)] = self._start_replica(gid, index)
             else:
+                replicas += [r for (g, _), r in self._incoming.items() if g == gid]
                 for rep in replicas:
                     rep.client.subscribe(group_topics)
         return [t for group_topics in added.values() for t in group_topics]
@@ -396,14 +401,15 @@ class FeedPool:
         """Remove topics; a group left empty closes its connections."""
         removed = self.placement.remove([topics] if isinstance(topics, str) else topics)
         for gid, group_topics in removed.items():
-            for (g, index), rep in list(self._replicas.items()):
-                if g != gid:
-                    continue
-                if gid in self.placement.groups:
-                    rep.client.unsubscribe(group_topics)
-                else:
-                    del self._replicas[(g, index)]
-                    self._retire(rep, rotation=False)
+            for slots in (self._replicas, self._incoming):
+                for (g, index), rep in list(slots.items()):
+                    if g != gid:
+                        continue
+                    if gid in self.placement.groups:
+                        rep.client.unsubscribe(group_topics)
+                    else:
+                        del slots[(g, index)]
+                        self._retire(rep, rotation=False)
             if self.dedup is not None:
                 for topic in group_topics:
                     self.dedup.forget(topic)
@@ -454,7 +460,6 @@ class FeedPool:
         )
         now = self._clock()
         rep = _Replica(gid, index, generation, client, now, self._rotate_at(now))
-        self._replicas[(gid, index)] = rep
         self.connections_opened += 1
         client.start()
         self._wake()
@@ -490,8 +495,11 @@ class FeedPool:
     def _disconnected(self, rep: _Replica, disconnect: Disconnect) -> None:
         if rep.retiring:
             return  # a rotation or an unsubscribed group: not the user's concern
-        rep.notice = None
-        rep.started_at = self._clock()
+        now = self._clock()
+        rep.notice = None  # the connection it was about is gone; a fresh one follows
+        rep.started_at = now
+        if (rep.group, rep.index) not in self._rotations:
+            rep.rotate_at = self._rotate_at(now)
         if self._on_disconnected is not None:
             self._on_disconnected(disconnect)
 
@@ -517,20 +525,30 @@ class FeedPool:
 
     async def _run(self) -> None:
         assert self._wake_event is not None
+        loop = asyncio.get_running_loop()
         while True:
             self._drain_gaps()
             now = self._clock()
-            rotating = self._rotation is not None and not self._rotation.done()
-            due = [r for r in self._replicas.values()
-                   if not r.retiring and r.rotate_at is not None and r.rotate_at <= now]
-            if due and not rotating:  # one rotation at a time: the connection rate holds
-                self._rotation = asyncio.get_running_loop().create_task(
-                    self._rotate(min(due, key=lambda r: r.rotate_at or 0.0)))
-                self._rotation.add_done_callback(lambda _: self._wake())
-                continue
-            deadlines = [] if rotating else [
-                r.rotate_at for r in self._replicas.values()
-                if r.rotate_at is not None and not r.retiring]
+            due = [r for key, r in self._replicas.items()
+                   if key not in self._rotations and not r.retiring
+                   and r.rotate_at is not None and r.rotate_at <= now]
+            # Notices rotate at once, all of them (the venue's cut is near; each new
+            # connection still waits for the connection-rate window); age rotations
+            # one at a time, so connections opened together are not replaced together.
+            by_age = any(r.notice is None for key, r in self._replicas.items()
+                         if key in self._rotations)
+            for rep in sorted(due, key=lambda r: r.rotate_at or 0.0):
+                if rep.notice is None:
+                    if by_age:
+                        continue
+                    by_age = True
+                key = (rep.group, rep.index)
+                task = loop.create_task(self._rotate(rep))
+                self._rotations[key] = task
+                task.add_done_callback(functools.partial(self._rotation_done, key))
+            deadlines = [r.rotate_at for key, r in self._replicas.items()
+                         if r.rotate_at is not None and not r.retiring
+                         and key not in self._rotations and not (by_age and r.notice is None)]
             sleep_s = self._gap_poll_s if self.dedup is not None else None
             if deadlines:
                 until = min(deadlines) - now
@@ -540,13 +558,15 @@ class FeedPool:
                 async with _compat.timeout(None if sleep_s is None else max(sleep_s, 0.001)):
                     await self._wake_event.wait()
 
+    def _rotation_done(self, key: tuple[int, int], _task: asyncio.Task[None]) -> None:
+        self._rotations.pop(key, None)
+        self._wake()
+
     async def _rotate(self, old: _Replica) -> None:
         """Make before break: open the replacement, let it catch up, then close ``old``."""
         key = (old.group, old.index)
         old.rotate_at = None  # not picked again while this runs
-        self._replicas.pop(key)
-        new = self._start_replica(old.group, old.index)
-        self._replicas[key] = old  # ``old`` stays the group's replica until the switch
+        new = self._incoming[key] = self._start_replica(old.group, old.index)
         try:
             await new.client.wait_live(self._rotation_timeout_s)
             overlap_s = self._overlap_s
@@ -556,15 +576,19 @@ class FeedPool:
             if overlap_s:
                 await asyncio.sleep(overlap_s)
         except asyncio.CancelledError:
-            self._retire(new, rotation=False)
+            if self._incoming.pop(key, None) is new:
+                self._retire(new, rotation=False)
             raise
         except Exception as exc:  # the replacement failed: keep the old one, retry later
             log.warning("%s: rotation of g%d.r%d failed (%s); retrying", self.name,
                         old.group, old.index, exc)
-            self._retire(new, rotation=False)
+            if self._incoming.pop(key, None) is new:
+                self._retire(new, rotation=False)
             old.rotate_at = self._clock() + max(1.0, self._overlap_s)
             return
-        if self._replicas.get(key) is not old:  # unsubscribed meanwhile
+        if self._incoming.pop(key, None) is not new:  # its group was unsubscribed meanwhile
+            return
+        if self._replicas.get(key) is not old:
             self._retire(new, rotation=False)
             return
         self._replicas[key] = new

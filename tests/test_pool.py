@@ -428,3 +428,38 @@ async def test_the_rotation_overlap_ends_before_the_venues_cut() -> None:
             await wait_until(lambda: pool.rotations >= 2, timeout_s=20)
     assert collector.disconnects == [] and collector.gaps == []
     collector.assert_exactly_once_in_order()
+
+
+async def test_topics_changed_during_a_rotation_reach_the_replacement() -> None:
+    collector = Collector()
+    async with ExchangeSimulator(rate_per_s=100) as sim:
+        async with make_pool(sim, collector, topics=["a", "gone"],
+                             rotation_overlap_s=0.5) as pool:
+            await pool.wait_live(10)
+            [conn] = sim.connections
+            sim.announce_shutdown(conn, cut_after_s=5.0)
+            await wait_until(lambda: pool.connections_opened == 2)  # replacement under way
+            pool.subscribe("b")
+            pool.unsubscribe("gone")
+            await wait_until(lambda: pool.rotations == 1)
+            await wait_until(lambda: conn.id not in sim.subscribed_connections("a"))
+            await wait_until(lambda: sim.subscribers("b") == 1 and sim.subscribers("gone") == 0)
+            before = dict(collector.seqs)
+            counts = {t: len(v) for t, v in before.items()}
+            await wait_until(lambda: len(collector.seqs["b"]) > counts.get("b", 0) + 20)
+            assert len(collector.seqs["gone"]) == counts.get("gone", 0)
+
+
+async def test_a_notice_to_many_connections_rotates_them_all_before_the_cut() -> None:
+    collector = Collector()
+    topics = [f"t{i}" for i in range(20)]
+    async with ExchangeSimulator(rate_per_s=20) as sim:
+        pool = make_pool(sim, collector, topics=topics, rotation_overlap_s=0.5,
+                         limits=VenueLimits(topics_per_connection=1))
+        async with pool:
+            await pool.wait_live(20)
+            assert sim.announce_shutdown(cut_after_s=1.5) == 20
+            await wait_until(lambda: pool.rotations == 20, timeout_s=20)
+            await asyncio.sleep(2.0)  # past the cut: nothing was left to cut
+    assert collector.disconnects == [] and collector.gaps == []
+    collector.assert_exactly_once_in_order()
