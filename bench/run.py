@@ -1,6 +1,6 @@
 """Run every benchmark in bench/ with modest defaults and print their tables (``make bench``).
 
-About 4-5 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
+About 6-7 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
 ``--plot`` is passed on to every script (PNG charts under ``bench/plots``, needs
 matplotlib).
 
