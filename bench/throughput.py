@@ -1,19 +1,40 @@
 """Inbound throughput: messages per second through each client, same run, same server.
 
-A blast server (its own process) pre-encodes thousands of ~230-byte Binance-style
-trade frames (varying prices and ids) into one buffer and writes it in a loop right
-after the HTTP upgrade response (it also answers PINGs, so heartbeats stay healthy).
-Each client runs in its own process for ``--seconds`` after a short warm-up and counts
-the messages it handled. A raw byte-counting client (an asyncio/uvloop Protocol, no
-WebSocket parsing) shows the ceiling: what the server and the kernel deliver.
+Three message shapes, each against its own same-work baseline:
 
-Reported: median msgs/s over ``--repeat`` repetitions with min-max, and each client's
-ratio to the same-work baseline (a hand-written pure-Python picows listener doing
-``orjson.loads`` + the same user callback), taken within each repetition. The client
-order rotates between repetitions. With 2+ CPUs the server is pinned to one CPU and
-the clients to another (``--no-pin`` turns that off).
+- ``trade``: a flat Binance-style trade, ~230 B; the user callback reads ``msg["p"]``.
+- ``combined``: a Binance combined-stream trade ``{"stream": "btcusdt@trade", "data":
+  {...12 fields...}}``, ~220 B, symbols mixed; the callback reads ``msg["data"]["p"]``.
+- ``depth``: a Binance diff-depth update (``depthUpdate``, 13-17 price levels a side as
+  ``[price, qty]`` string pairs), ~1 KB; the callback reads ``msg["b"][0][0]``.
 
-    python bench/throughput.py [--seconds 1.5] [--repeat 3] [--loop both] [--plot]
+A blast server (its own process) pre-encodes 4096 distinct frames of each shape (varying
+prices, ids and sizes) into one buffer per shape and writes it in a loop right after the
+HTTP upgrade response (the request path picks the shape; it also answers PINGs, so
+heartbeats stay healthy). Each client runs in its own process for ``--seconds`` after a
+short warm-up and counts the messages it handled. A raw byte-counting client (an
+asyncio/uvloop Protocol, no WebSocket parsing) shows the ceiling: what the server and the
+kernel deliver.
+
+The same-work baseline of a shape is a hand-written pure-Python picows listener doing
+``orjson.loads`` + the same user callback, measured with both payload accessors
+(``frame.get_payload_as_bytes()`` and ``frame.get_payload_as_memoryview()``); in each
+repetition the faster of the two is the reference every ratio of that shape is taken
+against. Typed clients (a msgspec ``Struct`` per shape, all fields) are also compared
+with a picows listener doing the same msgspec decode, and frame-only with a picows
+listener that only counts. Reported: median msgs/s over ``--repeat`` repetitions with
+min-max, and the ratios (median, min-max) taken within each repetition. The client order
+rotates between repetitions. With 2+ CPUs the server is pinned to one CPU and the clients
+to another (``--no-pin`` turns that off).
+
+To bound the runtime, by default only the ``combined`` shape (the one most users receive)
+runs every client, and only on uvloop; the other shapes, and with ``--loop both`` the
+asyncio loop (``combined`` only, see ``--asyncio-shapes``), run the defi-ws clients and
+the baselines. ``--clients all`` runs every client everywhere, ``--clients full,typed``
+picks by name (the same-work baselines always run).
+
+    python bench/throughput.py [--shapes trade,combined,depth] [--seconds 1.5]
+        [--repeat 3] [--loop both] [--asyncio-shapes combined] [--clients all] [--plot]
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,6 +60,7 @@ from _common import header, median_range, ncpus, pin, plot_bars, run_loop, table
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 FRAMES_PER_BUFFER = 4096
+WRITE_BYTES = 16 * 1024 * 1024  # the server's buffer per write: its shape's frames, repeated
 
 
 def trade_payloads(count: int = FRAMES_PER_BUFFER) -> list[bytes]:
@@ -52,6 +75,62 @@ def trade_payloads(count: int = FRAMES_PER_BUFFER) -> list[bytes]:
             "pad": "x" * rng.randint(85, 95),
         }))
     return out
+
+
+# Symbol, mid price, typical size: a combined stream carries several symbols.
+SYMBOLS = (("BTCUSDT", 60_000.0, 0.5), ("ETHUSDT", 3_000.0, 5.0), ("SOLUSDT", 150.0, 50.0),
+           ("BNBUSDT", 600.0, 10.0), ("XRPUSDT", 0.6, 5_000.0), ("DOGEUSDT", 0.15, 20_000.0))
+
+
+def combined_payloads(count: int = FRAMES_PER_BUFFER) -> list[bytes]:
+    """Binance combined-stream trades: ``{"stream": ..., "data": {12 fields}}``, ~220 B."""
+    rng = random.Random(11)
+    out = []
+    for i in range(count):
+        symbol, mid, size = SYMBOLS[rng.randrange(len(SYMBOLS))]
+        event_ms = 1_700_000_000_000 + 3 * i
+        out.append(orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": {
+            "e": "trade", "E": event_ms, "s": symbol, "t": 3_000_000_000 + i,
+            "p": f"{mid * (1 + (rng.random() - 0.5) / 50):.8f}",
+            "q": f"{size * rng.random() * 2:.8f}",
+            "b": 40_000_000_000 + 2 * i, "a": 40_000_000_000 + 2 * i + 1,
+            "T": event_ms - rng.randint(0, 3), "m": rng.random() < 0.5, "M": True,
+            "X": "MARKET",
+        }}))
+    return out
+
+
+def depth_payloads(count: int = FRAMES_PER_BUFFER) -> list[bytes]:
+    """Binance diff-depth updates, 13-17 ``[price, qty]`` levels a side, ~1 KB."""
+    rng = random.Random(13)
+    out = []
+    update_id = 50_000_000_000
+    for i in range(count):
+        mid = round(60_000 + rng.random() * 1000, 2)  # on the 0.01 tick
+
+        def levels(mid: float, sign: int) -> list[list[str]]:
+            price = mid + sign * 0.01
+            side = []
+            for _ in range(rng.randint(13, 17)):
+                price += sign * 0.01 * rng.randint(1, 40)
+                qty = 0.0 if rng.random() < 0.1 else rng.random() * 2  # 0: level removed
+                side.append([f"{price:.8f}", f"{qty:.8f}"])
+            return side
+
+        first, update_id = update_id + 1, update_id + rng.randint(20, 60)
+        out.append(orjson.dumps({
+            "e": "depthUpdate", "E": 1_700_000_000_000 + 100 * i, "s": "BTCUSDT",
+            "U": first, "u": update_id, "b": levels(mid, -1), "a": levels(mid, 1),
+        }))
+    return out
+
+
+SHAPES: dict[str, tuple[Callable[[int], list[bytes]], str]] = {
+    "trade": (trade_payloads, 'flat Binance-style trade, callback reads msg["p"]'),
+    "combined": (combined_payloads,
+                 'Binance combined-stream trade (nested), callback reads msg["data"]["p"]'),
+    "depth": (depth_payloads, 'Binance diff-depth update, callback reads msg["b"][0][0]'),
+}
 
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
@@ -71,13 +150,21 @@ def trade_frames(count: int = FRAMES_PER_BUFFER) -> bytes:
     return b"".join(server_frame(0x1, p) for p in trade_payloads(count))
 
 
+def shape_frames(shape: str, count: int = FRAMES_PER_BUFFER) -> bytes:
+    """Unmasked server TEXT frames of one shape's payloads, back to back."""
+    return b"".join(server_frame(0x1, p) for p in SHAPES[shape][0](count))
+
+
 # ------------------------------------------------------------------------ server
 
 
-def serve(port_conn: Any, cpu: int | None) -> None:
-    """The blast server process: upgrade, then write the buffer until the peer leaves."""
+def serve(port_conn: Any, cpu: int | None, shapes: list[str]) -> None:
+    """The blast server process: upgrade, then write the path's shape until the peer leaves."""
     pin(cpu)
-    buf = trade_frames() * 16  # ~15 MB per write
+    bufs = {}
+    for shape in shapes:
+        frames = shape_frames(shape)
+        bufs[shape] = frames * max(1, WRITE_BYTES // len(frames))
 
     async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Client frames are masked; only PING (answered) and CLOSE (ends) matter.
@@ -98,6 +185,7 @@ def serve(port_conn: Any, cpu: int | None) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
         lines = request.split(b"\r\n")
+        buf = bufs[lines[0].split()[1].decode().strip("/") or shapes[0]]
         key = next(line.split(b":", 1)[1].strip() for line in lines
                    if line.lower().startswith(b"sec-websocket-key"))
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
@@ -126,38 +214,91 @@ def serve(port_conn: Any, cpu: int | None) -> None:
 # ------------------------------------------------------------------------ clients
 
 RAW = "raw socket ceiling (bytes only)"
-FULL = "defi-ws full stack (FeedClient)"
+FULL = "defi-ws full stack (FeedClient + orjson)"
+FULL_TYPED = "defi-ws full stack typed (FeedClient + msgspec Struct)"
 LISTENER = "defi-ws FeedListener + orjson"
 FRAME_ONLY = "defi-ws frame-only (C counters, no decode, no callback)"
-TYPED = "defi-ws typed (msgspec, 9 fields)"
-TYPED_MIN = "defi-ws typed (msgspec, 1 field)"
-BASELINE = "baseline: picows py listener + orjson"
+TYPED = "defi-ws typed (FeedListener + msgspec Struct, all fields)"
+TYPED_MIN = "defi-ws typed (FeedListener + msgspec Struct, 1 field)"
+BASE_BYTES = "same-work: picows py listener + orjson (payload as bytes)"
+BASE_VIEW = "same-work: picows py listener + orjson (payload as memoryview)"
+BASE_TYPED = "picows py listener + the same msgspec decode (as memoryview)"
 COUNT_ONLY = "picows count-only (py listener)"
 AIOHTTP = "aiohttp + orjson"
 WEBSOCKETS = "websockets + orjson"
 
-CLIENTS = [RAW, FULL, LISTENER, FRAME_ONLY, TYPED, TYPED_MIN, BASELINE, COUNT_ONLY, AIOHTTP,
-           WEBSOCKETS]
+CLIENTS = [RAW, FULL, FULL_TYPED, LISTENER, FRAME_ONLY, TYPED, TYPED_MIN, BASE_BYTES,
+           BASE_VIEW, BASE_TYPED, COUNT_ONLY, AIOHTTP, WEBSOCKETS]
+#: What every shape runs by default; PRIMARY runs every client.
+CORE = [FULL, LISTENER, TYPED, BASE_BYTES, BASE_VIEW, BASE_TYPED]
+PRIMARY = "combined"
+BASELINES = (BASE_BYTES, BASE_VIEW)
 
 
-def upgrade_request(port: int) -> bytes:
+def typed_types(shape: str) -> tuple[type, type]:
+    """The msgspec Structs of a shape: (all fields, the one field the callback reads).
+
+    Built with ``defstruct``: this module's annotations are strings, which msgspec could
+    not resolve for classes local to a function. ``gc=False``: no cycles, no GC tracking.
+    """
+    from msgspec import defstruct
+
+    levels = list[tuple[str, str]]
+    if shape == "trade":
+        return (defstruct("Trade", [("e", str), ("E", int), ("s", str), ("t", int), ("p", str),
+                                    ("q", str), ("T", int), ("m", bool), ("M", bool)],
+                          gc=False),
+                defstruct("Price", [("p", str)], gc=False))
+    if shape == "combined":
+        data = defstruct("TradeData", [
+            ("e", str), ("E", int), ("s", str), ("t", int), ("p", str), ("q", str),
+            ("b", int), ("a", int), ("T", int), ("m", bool), ("M", bool), ("X", str)],
+            gc=False)
+        price = defstruct("DataPrice", [("p", str)], gc=False)
+        return (defstruct("CombinedTrade", [("stream", str), ("data", data)], gc=False),
+                defstruct("CombinedPrice", [("data", price)], gc=False))
+    return (defstruct("DepthUpdate", [("e", str), ("E", int), ("s", str), ("U", int),
+                                      ("u", int), ("b", levels), ("a", levels)], gc=False),
+            defstruct("Bids", [("b", levels)], gc=False))
+
+
+def callbacks(shape: str, state: dict[str, Any]) -> tuple[Callable[[Any], None],
+                                                          Callable[[Any], None]]:
+    """The "user callback" of a shape, for dicts and for Structs: it reads one field."""
+    if shape == "trade":
+        def read(msg: Any) -> None:
+            state["px"] = msg["p"]
+
+        def read_attr(msg: Any) -> None:
+            state["px"] = msg.p
+    elif shape == "combined":
+        def read(msg: Any) -> None:
+            state["px"] = msg["data"]["p"]
+
+        def read_attr(msg: Any) -> None:
+            state["px"] = msg.data.p
+    else:
+        def read(msg: Any) -> None:
+            state["px"] = msg["b"][0][0]
+
+        def read_attr(msg: Any) -> None:
+            state["px"] = msg.b[0][0]
+    return read, read_attr
+
+
+def upgrade_request(port: int, path: str = "/") -> bytes:
     key = base64.b64encode(os.urandom(16))
-    return (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+    return (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n" % (port, key))
+            b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), port, key))
 
 
-def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: float,
+def run_client(kind: str, shape: str, loop_name: str, url: str, seconds: float, warmup: float,
                cpu: int | None, out: Any) -> None:
     """One client process: connect, warm up, count for ``seconds``, send the rate, exit."""
     pin(cpu)
     state: dict[str, Any] = {"n": 0, "px": None}
-
-    def callback(msg: Any) -> None:  # the "user callback": reads one field
-        state["px"] = msg["p"]
-
-    def attr_callback(msg: Any) -> None:
-        state["px"] = msg.p
+    callback, attr_callback = callbacks(shape, state)
 
     async def measure(counter: Any) -> tuple[float, int]:
         await asyncio.sleep(warmup)
@@ -166,7 +307,7 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
         return (counter() - n0) / (time.perf_counter() - t0), counter()
 
     async def main() -> tuple[float, float]:
-        host, port = url.removeprefix("ws://").rstrip("/").split(":")
+        host, port = url.removeprefix("ws://").split("/", 1)[0].split(":")
         if kind == RAW:
             loop = asyncio.get_running_loop()
             nbytes = [0]
@@ -181,24 +322,34 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
                     nbytes[0] += n
 
             transport, _ = await loop.create_connection(Counter, host, int(port))
-            transport.write(upgrade_request(int(port)))
+            transport.write(upgrade_request(int(port), "/" + shape))
             rate, _ = await measure(lambda: nbytes[0])
             return rate, 0.0
 
-        if kind == FULL:
+        if kind in (FULL, FULL_TYPED):
             from defi_ws.client import FeedClient
             from defi_ws.handler import JsonHandler
 
-            class TradeHandler(JsonHandler):
-                def on_message(self, message: Any) -> None:
-                    state["px"] = message["p"]
+            if kind == FULL:
+                class Handler(JsonHandler):
+                    def on_message(self, message: Any) -> None:
+                        callback(message)
+            else:
+                from defi_ws.typed import struct_decoder
+
+                class Handler(JsonHandler):  # type: ignore[no-redef]
+                    decode = staticmethod(struct_decoder(typed_types(shape)[0]))
+
+                    def on_message(self, message: Any) -> None:
+                        attr_callback(message)
 
             # No topics: LIVE right after connect. Heartbeat default (WsPing), stale on.
-            client = FeedClient(TradeHandler(url), stale_after_s=5.0, close_timeout_s=0.1)
+            client = FeedClient(Handler(url), stale_after_s=5.0, close_timeout_s=0.1)
             client.start()
             await client.wait_live(10)
             rate, _ = await measure(lambda: client.health.counter("messages"))
             assert client.health.counter("decode_errors") == 0
+            assert client.health.counter("callback_errors") == 0
             return rate, 0.0
 
         if kind in (AIOHTTP, WEBSOCKETS):
@@ -234,7 +385,12 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
 
         from defi_ws._core import FeedListener
 
-        class Baseline(picows.WSListener):  # type: ignore[misc]
+        class BaselineBytes(picows.WSListener):  # type: ignore[misc]
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                state["n"] += 1
+                callback(orjson.loads(frame.get_payload_as_bytes()))
+
+        class BaselineView(picows.WSListener):  # type: ignore[misc]
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
                 state["n"] += 1
                 callback(orjson.loads(frame.get_payload_as_memoryview()))
@@ -249,28 +405,26 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
             if kind == FRAME_ONLY:
                 return FeedListener(None, decode=None)  # per-frame C work only
             if kind in (TYPED, TYPED_MIN):
-                import msgspec
-
                 from defi_ws.typed import struct_decoder
 
-                class Trade(msgspec.Struct, gc=False):  # no cycles: skip GC tracking
-                    e: str
-                    E: int
-                    s: str
-                    t: int
-                    p: str
-                    q: str
-                    T: int
-                    m: bool
-                    M: bool
-
-                class Price(msgspec.Struct, gc=False):
-                    p: str
-
+                full, one = typed_types(shape)
                 return FeedListener(attr_callback,
-                                    decode=struct_decoder(Trade if kind == TYPED else Price))
-            if kind == BASELINE:
-                return Baseline()
+                                    decode=struct_decoder(full if kind == TYPED else one))
+            if kind == BASE_TYPED:
+                import msgspec
+
+                decode = msgspec.json.Decoder(typed_types(shape)[0]).decode
+
+                class BaselineTyped(picows.WSListener):  # type: ignore[misc]
+                    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                        state["n"] += 1
+                        attr_callback(decode(frame.get_payload_as_memoryview()))
+
+                return BaselineTyped()
+            if kind == BASE_BYTES:
+                return BaselineBytes()
+            if kind == BASE_VIEW:
+                return BaselineView()
             return CountOnly()
 
         transport, listener = await picows.ws_connect(factory, url, enable_auto_ping=False)
@@ -282,117 +436,208 @@ def run_client(kind: str, loop_name: str, url: str, seconds: float, warmup: floa
         return rate, 0.0
 
     rate, _ = run_loop(loop_name, main)
+    assert state["px"] is not None or kind in (RAW, FRAME_ONLY, COUNT_ONLY), "callback never ran"
     out.send(rate)
     out.close()
     os._exit(0)  # no closing handshakes: the server just sees the socket go
 
 
-def measure(kind: str, loop_name: str, url: str, seconds: float, warmup: float,
+def measure(kind: str, shape: str, loop_name: str, url: str, seconds: float, warmup: float,
             cpu: int | None) -> float:
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=run_client,
-                       args=(kind, loop_name, url, seconds, warmup, cpu, send))
+                       args=(kind, shape, loop_name, url, seconds, warmup, cpu, send))
     proc.start()
     send.close()
     if not recv.poll(seconds + warmup + 30):
         proc.kill()
-        raise RuntimeError(f"{kind} on {loop_name}: no result")
+        raise RuntimeError(f"{kind} on {shape}/{loop_name}: no result")
     rate = float(recv.recv())
     proc.join(10)
     return rate
 
 
+def ratio_text(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
+def shape_clients(shape: str, selection: str, first_loop: bool = True,
+                  primary: str = PRIMARY) -> list[str]:
+    """The clients one shape runs: the default set, all, or picked by name (+ baselines)."""
+    if selection == "default":
+        picked = CLIENTS if shape == primary and first_loop else CORE
+    elif selection == "all":
+        picked = CLIENTS
+    else:
+        subs = [s.strip().lower() for s in selection.split(",") if s.strip()]
+        picked = [c for c in CLIENTS if any(s in c.lower() for s in subs)]
+    return [c for c in CLIENTS if c in picked or c in BASELINES]
+
+
+#: Targets of issue 13, on the nested combined-stream shape.
+TARGETS = (("FeedClient + orjson vs same-work", FULL, "ref", 1.2),
+           ("FeedClient typed vs same-work", FULL_TYPED, "ref", 1.8),
+           ("FeedClient typed vs picows + same msgspec decode", FULL_TYPED, BASE_TYPED, 1.25),
+           ("FeedListener typed vs picows + same msgspec decode", TYPED, BASE_TYPED, 1.25))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"comma-separated shapes out of {','.join(SHAPES)} (default all)")
     parser.add_argument("--seconds", type=float, default=1.5, help="measured time per client")
     parser.add_argument("--warmup", type=float, default=0.3, help="unmeasured time first")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (>= 3 for medians)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio", "both"], default="both")
-    parser.add_argument("--clients", default="all",
-                        help="comma-separated substrings of client names (default all)")
+    parser.add_argument("--clients", default="default",
+                        help="'default' (every client on the combined shape on uvloop, the "
+                             "defi-ws clients and baselines elsewhere), 'all', or comma-separated"
+                             " substrings of client names (the same-work baselines always run)")
+    parser.add_argument("--asyncio-shapes", default=PRIMARY,
+                        help="with --loop both: the shapes the asyncio loop runs too (default "
+                             f"{PRIMARY}, with the defi-ws clients and baselines; 'all')")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
     parser.add_argument("--plot", action="store_true", help="write throughput.png")
     parser.add_argument("--plot-dir", default="bench/plots")
     args = parser.parse_args(argv)
 
-    clients = CLIENTS if args.clients == "all" else [
-        c for c in CLIENTS if any(s.strip().lower() in c.lower() for s in args.clients.split(","))
-        or c == BASELINE]
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown or not shapes:
+        parser.error(f"--shapes: unknown {unknown}; choose from {','.join(SHAPES)}")
+    loops = ["uvloop", "asyncio"] if args.loop == "both" else [args.loop]
+    second = [s.strip() for s in args.asyncio_shapes.split(",") if s.strip()]
+    if args.asyncio_shapes == "all":
+        second = shapes
+    elif [s for s in second if s not in SHAPES]:
+        parser.error(f"--asyncio-shapes: choose from {','.join(SHAPES)} or 'all'")
+    primary = PRIMARY if PRIMARY in shapes else shapes[0]  # the one that runs every client
+    if args.asyncio_shapes == PRIMARY:
+        second = [primary]
+    plan = {(loop, shape): shape_clients(shape, args.clients, loop == loops[0], primary)
+            for loop in loops for shape in shapes if loop == loops[0] or shape in second}
     pinned = not args.no_pin and ncpus() >= 2
     server_cpu, client_cpu = (1, 0) if pinned else (None, None)
-    frame_sizes = [len(server_frame(1, p)) for p in trade_payloads()]
-    avg_frame = sum(frame_sizes) / len(frame_sizes)
+    sizes = {shape: [len(server_frame(1, p)) for p in SHAPES[shape][0](FRAMES_PER_BUFFER)]
+             for shape in shapes}
+    avg_frame = {shape: sum(s) / len(s) for shape, s in sizes.items()}
 
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    server = ctx.Process(target=serve, args=(send, server_cpu), daemon=True)
+    server = ctx.Process(target=serve, args=(send, server_cpu, shapes), daemon=True)
     server.start()
-    url = f"ws://127.0.0.1:{recv.recv()}/"
-    loops = ["uvloop", "asyncio"] if args.loop == "both" else [args.loop]
-    header("throughput: inbound msgs/s", [
-        f"{args.repeat} repetitions x {args.seconds}s measured (+{args.warmup}s warm-up), "
-        "each client in its own process",
-        f"frames: {FRAMES_PER_BUFFER} distinct Binance-style trades, payload "
-        f"{min(frame_sizes) - 4}-{max(frame_sizes) - 4} B, avg frame {avg_frame:.1f} B on the wire",
+    base_url = f"ws://127.0.0.1:{recv.recv()}/"
+    notes = [f"{args.repeat} repetitions x {args.seconds}s measured (+{args.warmup}s warm-up), "
+             "each client in its own process"]
+    for shape in shapes:
+        s = sizes[shape]
+        notes.append(f"shape `{shape}`: {SHAPES[shape][1]}; {FRAMES_PER_BUFFER} distinct "
+                     f"messages, payload {min(s) - 4}-{max(s) - 4} B, avg frame "
+                     f"{avg_frame[shape]:.1f} B on the wire; clients per loop: "
+                     + ", ".join(f"{loop} {len(plan[loop, shape])}" for loop in loops
+                                 if (loop, shape) in plan))
+    notes += [
         "server pinned to CPU 1, clients to CPU 0" if pinned else "no CPU pinning",
+        "reference = the faster same-work baseline of the repetition (picows py listener + "
+        "orjson + the same callback, payload as bytes or as memoryview); every ratio is "
+        "taken within a repetition",
         "raw ceiling: bytes/s divided by the average frame size; it is also the server's "
         "floor (server and kernel deliver at least this)",
-        "full stack = FeedClient + JsonHandler subclass (on_message reads one field), "
-        "WsPing heartbeat, stale_after_s=5, health counters, no topics (LIVE on connect)",
-    ])
+        "full stack = FeedClient + JsonHandler subclass (on_message = the same callback), "
+        "WsPing heartbeat, stale_after_s=5, health counters, no topics (LIVE on connect); "
+        "typed full stack: the handler's decode is defi_ws.typed.struct_decoder(Struct)",
+    ]
+    header("throughput: inbound msgs/s", notes)
     medians: dict[str, dict[str, float]] = {}
-    summary: dict[str, dict[str, list[float]]] = {}
+    summary: list[list[str]] = []
+    targets: list[list[str]] = []
     try:
         for loop_name in loops:
-            rates: dict[str, list[float]] = {k: [] for k in clients}
-            ratios: dict[str, list[float]] = {k: [] for k in clients}
-            frame_vs_count: list[float] = []
+            run = [sh for sh in shapes if (loop_name, sh) in plan]
+            rates = {sh: {k: [] for k in plan[loop_name, sh]} for sh in run}
+            ratios = {sh: {k: [] for k in plan[loop_name, sh]} for sh in run}
+            # each client against the picows listener doing the same decode (or none)
+            versus = {sh: {k: [] for k in plan[loop_name, sh]} for sh in run}
+            refs = {sh: {k: 0 for k in BASELINES} for sh in run}
             for rep in range(args.repeat):
-                order = clients[rep % len(clients):] + clients[:rep % len(clients)]
-                got = {kind: measure(kind, loop_name, url, args.seconds, args.warmup, client_cpu)
-                       for kind in order}
-                got[RAW] = got.get(RAW, 0.0) / avg_frame
-                for kind, rate in got.items():
-                    rates[kind].append(rate)
-                    ratios[kind].append(rate / got[BASELINE])
-                if FRAME_ONLY in got and COUNT_ONLY in got:
-                    frame_vs_count.append(got[FRAME_ONLY] / got[COUNT_ONLY])
-            print(f"## {loop_name}\n")
-            rows = []
-            for kind in clients:
-                med, rng = median_range(rates[kind])
-                extra = ""
-                if kind == RAW:
-                    extra = f" ({statistics.median(rates[kind]) * avg_frame / 1e6:,.0f} MB/s)"
-                rows.append([kind, med + extra, rng,
-                             f"{statistics.median(ratios[kind]):.2f}x "
-                             f"({min(ratios[kind]):.2f}-{max(ratios[kind]):.2f})"])
-            table(["client", "msgs/s (median)", "min-max", "vs baseline (median, min-max)"],
-                  rows)
-            medians[loop_name] = {k: statistics.median(v) for k, v in rates.items()}
-            summary[loop_name] = {"full": ratios.get(FULL, []), "typed": ratios.get(TYPED, []),
-                                  "frame": frame_vs_count}
-        print("## targets (ratios within each repetition, median)\n")
-        rows = []
-        for loop_name in loops:
-            s = summary[loop_name]
-            for label, key, goal in (("full stack vs baseline", "full", 1.5),
-                                     ("typed decode vs baseline", "typed", 2.2),
-                                     ("frame-only vs picows count-only", "frame", 3.0)):
-                if not s[key]:
+                for shape in run:
+                    clients = plan[loop_name, shape]
+                    k = rep % len(clients)
+                    got = {kind: measure(kind, shape, loop_name, base_url + shape,
+                                         args.seconds, args.warmup, client_cpu)
+                           for kind in clients[k:] + clients[:k]}
+                    if RAW in got:
+                        got[RAW] /= avg_frame[shape]
+                    fastest = max(BASELINES, key=lambda b: got[b])
+                    refs[shape][fastest] += 1
+                    got["ref"] = got[fastest]
+                    for kind in clients:
+                        rates[shape][kind].append(got[kind])
+                        ratios[shape][kind].append(got[kind] / got["ref"])
+                        peer = {TYPED: BASE_TYPED, TYPED_MIN: BASE_TYPED,
+                                FULL_TYPED: BASE_TYPED, FRAME_ONLY: COUNT_ONLY}.get(kind)
+                        if peer in got:
+                            versus[shape][kind].append(got[kind] / got[peer])
+            for shape in run:
+                print(f"## {loop_name}, {shape}: {SHAPES[shape][1]}\n")
+                rows = []
+                for kind in plan[loop_name, shape]:
+                    med, rng = median_range(rates[shape][kind])
+                    if kind == RAW:
+                        mbps = statistics.median(rates[shape][kind]) * avg_frame[shape] / 1e6
+                        med += f" ({mbps:,.0f} MB/s)"
+                    other = ratio_text(versus[shape][kind])
+                    if kind in (TYPED, TYPED_MIN, FULL_TYPED) and versus[shape][kind]:
+                        other += " vs picows + msgspec"
+                    elif kind == FRAME_ONLY and versus[shape][kind]:
+                        other += " vs picows count-only"
+                    elif kind in BASELINES:
+                        other = f"reference in {refs[shape][kind]}/{args.repeat}"
+                    elif other == "-":
+                        other = ""
+                    rows.append([kind, med, rng, ratio_text(ratios[shape][kind]), other])
+                table(["client", "msgs/s (median)", "min-max",
+                       "vs same-work reference (median, min-max)", "other ratio"], rows)
+                medians[f"{loop_name} {shape}"] = {
+                    k: statistics.median(v) for k, v in rates[shape].items()}
+
+                def med_of(series: dict[str, list[float]], kind: str) -> str:
+                    values = series.get(kind, [])
+                    return f"{statistics.median(values):.2f}x" if values else "-"
+
+                summary.append([loop_name, shape, med_of(ratios[shape], FULL),
+                                med_of(ratios[shape], FULL_TYPED),
+                                med_of(ratios[shape], LISTENER), med_of(ratios[shape], TYPED),
+                                med_of(versus[shape], TYPED),
+                                med_of(versus[shape], FRAME_ONLY),
+                                med_of(ratios[shape], BASE_VIEW)])
+                if shape != PRIMARY:
                     continue
-                value = statistics.median(s[key])
-                rows.append([loop_name, label, f">= {goal}x", f"{value:.2f}x",
-                             "met" if value >= goal else "missed"])
-        table(["loop", "target", "goal", "measured", ""], rows, "llrrl")
+                for label, kind, against, goal in TARGETS:
+                    values = (ratios if against == "ref" else versus)[shape].get(kind, [])
+                    if not values:
+                        continue
+                    value = statistics.median(values)
+                    targets.append([loop_name, label, f">= {goal}x", f"{value:.2f}x",
+                                    "met" if value >= goal else "missed"])
+        print("## ratios per shape (median of the per-repetition ratios)\n")
+        table(["loop", "shape", "FeedClient", "FeedClient typed", "FeedListener",
+               "typed", "typed vs picows+msgspec", "frame-only vs count-only",
+               "memoryview baseline"], summary, "llrrrrrrr")
+        if targets:
+            print(f"## issue 13 targets, `{PRIMARY}` shape (median of the per-repetition "
+                  "ratios)\n")
+            table(["loop", "target", "goal", "measured", ""], targets, "llrrl")
     finally:
         server.terminate()
         server.join(5)
     if args.plot:
         os.makedirs(args.plot_dir, exist_ok=True)
         plot_bars(os.path.join(args.plot_dir, "throughput.png"), "inbound throughput (median)",
-                  {k: {c: v for c, v in m.items()} for k, m in medians.items()}, "msgs/s")
+                  medians, "msgs/s", log=True)
     return 0
 
 
