@@ -21,6 +21,10 @@ inside ``FeedListener.feed`` (callgrind ``--toggle-collect``): it leaves out the
 call of ``feed()`` from the bench loop, which picows does not make (it calls
 ``on_ws_frame`` through the C vtable), but also leaves out what picows itself spends per
 frame of each copy (parsing it, and the socket and TLS work of each connection).
+
+``per_message_forked`` (used by ``bench/perf_guard.py``, ``make perf-guard``) counts
+several listeners in one valgrind run: imports once, then each in a child forked from the
+same state, only inside ``feed`` and only the messages between two dump markers.
 """
 
 from __future__ import annotations
@@ -181,6 +185,88 @@ def dedup_table(args: argparse.Namespace) -> None:
         head += [f"{h} (--python)" for h in head[1:]]
     print()
     table(head, rows)
+
+
+# Several listeners in one valgrind run: start-up (imports) is paid once, then each path
+# runs in a child forked from the same state (so no path sees another's heap, and the
+# order does not matter). In each child, os.getloadavg() is the marker: callgrind dumps
+# (and zeroes) before each call of libc's getloadavg, so the child's second dump holds
+# exactly its measured messages; only what runs inside FeedListener.feed is collected.
+FORKED_SCRIPT = r"""
+import os, sys
+{setup}
+
+def drive_plain(listener, payloads, start, count):
+    feed = listener.feed
+    n = len(payloads)
+    for i in range(start, start + count):
+        feed(1, payloads[i % n])
+
+warmup, messages = int(sys.argv[1]), int(sys.argv[2])
+for name, factory, drive in {paths!r}:
+    pid = os.fork()
+    if pid == 0:
+        listener = eval(factory)
+        drive = globals()[drive]
+        drive(listener, payloads, 0, warmup)
+        os.getloadavg()
+        drive(listener, payloads, warmup, messages)
+        os.getloadavg()
+        assert listener.decode_errors == 0 and listener.callback_errors == 0, name
+        print("measured", name, os.getpid(), flush=True)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        sys.exit(f"{{name}}: the measuring child failed")
+"""
+
+FORKED_OPTIONS = ["--collect-atstart=no", "--toggle-collect=__pyx_pw_*FeedListener_*feed",
+                  "--dump-before=getloadavg"]
+
+
+def per_message_forked(python: str, setup: str, paths: list[tuple[str, str, str]],
+                       warmup: int, messages: int, out_dir: str,
+                       env: dict[str, str] | None = None) -> dict[str, float]:
+    """Instructions per message inside ``FeedListener.feed`` of each ``(name, factory,
+    drive)`` in one valgrind run (``setup`` defines ``payloads`` and what the factory
+    expressions use; ``drive`` names a ``drive(listener, payloads, start, count)``
+    function, ``drive_plain`` feeds one message at a time). Each path's profile is kept
+    as ``out_dir/<name>.callgrind`` (``callgrind_annotate`` reads it)."""
+    code = FORKED_SCRIPT.format(setup=setup, paths=paths)
+    run_env = {**os.environ, **(env or {}), "PYTHONHASHSEED": "0"}
+    run_env = {k: v for k, v in run_env.items() if v != ""}  # "" removes a variable
+    # Warm up and check outside valgrind: compiles the .pyc files, fails fast and clearly.
+    subprocess.run([python, "-c", code, "1", "1"], check=True, cwd="/", env=run_env,
+                   capture_output=True)
+    os.makedirs(out_dir, exist_ok=True)
+    for old in os.listdir(out_dir):
+        if old.startswith("cg.") or old.endswith(".callgrind"):
+            os.remove(os.path.join(out_dir, old))
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p",
+         *FORKED_OPTIONS, python, "-c", code, str(warmup), str(messages)],
+        capture_output=True, text=True, env=run_env, cwd="/")
+    if proc.returncode != 0:
+        raise RuntimeError(f"valgrind exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    out: dict[str, float] = {}
+    for line in proc.stdout.splitlines():
+        if not line.startswith("measured "):
+            continue
+        _, name, pid = line.split()
+        part = os.path.join(out_dir, f"cg.{pid}.2")
+        with open(part) as f:
+            match = re.search(r"^summary: (\d+)$", f.read(), re.M)
+        if match is None:
+            raise RuntimeError(f"{part}: no summary line")
+        out[name] = int(match.group(1)) / messages
+        os.replace(part, os.path.join(out_dir, f"{name}.callgrind"))
+    for old in os.listdir(out_dir):
+        if old.startswith("cg."):
+            os.remove(os.path.join(out_dir, old))
+    missing = [name for name, _, _ in paths if name not in out]
+    if missing:
+        raise RuntimeError(f"no count for {missing}:\n{proc.stdout[-2000:]}"
+                           f"{proc.stderr[-2000:]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
