@@ -6,7 +6,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all
+.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all \
+        perf-guard perf-baseline perf-guard-if-valgrind
 
 all: build
 
@@ -21,7 +22,7 @@ $(STAMP): $(PY) pyproject.toml setup.py defi_ws/_core.pyx
 
 build: $(STAMP)
 
-test: $(STAMP) lint typecheck stubtest
+test: $(STAMP) lint typecheck stubtest perf-guard-if-valgrind
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # `make test` on each of these Pythons that pyenv has (newest patch release), each in
@@ -61,6 +62,19 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Instructions per message through FeedListener.feed() (callgrind), against the committed
+# bench/perf_baseline.json: fails on a path more than 3 % above it (~25 s).
+perf-guard: $(STAMP)
+	$(PY) bench/perf_guard.py
+
+# Measure twice (must agree) and rewrite bench/perf_baseline.json; commit it.
+perf-baseline: $(STAMP)
+	$(PY) bench/perf_guard.py --write-baseline
+
+# What `make test` runs: the guard, or how to install valgrind when it is missing.
+perf-guard-if-valgrind: $(STAMP)
+	$(PY) bench/perf_guard.py --if-available
 
 # Ten minutes of random venue faults against one client (tests/test_soak.py).
 soak: $(STAMP)
