@@ -20,7 +20,14 @@ Prices and sizes are kept exact: each level holds the venue's text (``raw_price`
 :class:`~decimal.Decimal` value. A side is a dict keyed by the Decimal price plus a
 sorted list of those prices (``bisect``), so ``"0.10"`` and ``"0.1"`` are one level,
 ordering is exact (no float rounding), and best price and top-N are O(1) and O(N).
-``Decimal(str)`` costs about as much as ``float(str)`` in CPython (~0.2 us).
+
+Cost: ``Decimal(str)`` is as cheap as ``float(str)`` in CPython (~0.15 us), but hashing
+a new Decimal is not (~0.4 us, computed for every new object). So a price text seen
+before is not parsed again: a per-book cache maps text -> Decimal (a pure function, so
+evicting it is always safe; it is bounded by twice the levels held plus 1024). Measured
+on CPython 3.11 (a loaded 2-vCPU VM, so upper bounds): updating a known level ~0.7 us,
+a 20-level Binance update on a 1000-level book ~30 us, an OKX update with its 25-level
+checksum ~10-15 us.
 """
 
 from __future__ import annotations
@@ -390,6 +397,8 @@ class OrderBook:
 
     #: The venue's name, for logs.
     venue: ClassVar[str] = ""
+    #: Price texts cached beyond twice the levels held before the cache is emptied.
+    _price_cache_slack: ClassVar[int] = 1024
 
     def __init__(
         self,
@@ -411,6 +420,7 @@ class OrderBook:
         self._pending_action = resync_action
         self._bids = _BookSide()
         self._asks = _BookSide()
+        self._prices: dict[str, Decimal] = {}
         self._state = BookState.SYNCING
         self._last_resync: Resync | None = None
         self._last_update_id: int | None = None
@@ -553,15 +563,41 @@ class OrderBook:
 
     def _put(self, side: _BookSide, raw_price: object, raw_size: object,
              orders: int | None = None) -> None:
-        """Set one level from the venue's texts; a zero size removes it."""
-        price, price_text = number(raw_price)
-        if not price:
-            raise Malformed(f"price 0: {raw_price!r}")
-        size, size_text = number(raw_size)
+        """Set one level from the venue's texts; a zero size removes it.
+
+        A price text seen before is not parsed again: ``_prices`` caches text ->
+        Decimal (a pure function, so any eviction is safe). The cached Decimal keeps its
+        hash, which CPython computes anew for every new Decimal (~0.4 us), so updating
+        a known level costs two dict look-ups instead of a parse and a hash.
+        """
+        if type(raw_price) is str:
+            price = self._prices.get(raw_price)
+            if price is None:
+                price = number(raw_price)[0]
+                if not price:
+                    raise Malformed(f"price 0: {raw_price!r}")
+                prices = self._prices
+                if len(prices) > self._price_cache_slack + 2 * (len(self._bids.keys)
+                                                                + len(self._asks.keys)):
+                    prices.clear()  # aliases and removed levels: bounded
+                prices[raw_price] = price
+            price_text = raw_price
+        else:
+            price, price_text = number(raw_price)
+            if not price:
+                raise Malformed(f"price 0: {raw_price!r}")
+        if type(raw_size) is str:
+            size = Decimal(raw_size)
+            if not size.is_finite() or size.is_signed():
+                raise Malformed(f"not a finite non-negative number: {raw_size!r}")
+            size_text = raw_size
+        else:
+            size, size_text = number(raw_size)
         if size:
             side.put(_new_level(Level, (price, size, price_text, size_text, orders)))
         else:
             side.remove(price)
+            self._prices.pop(price_text, None)
 
     def _put_level(self, side: _BookSide, level: Level) -> None:
         """Set one already-read level; a zero size removes it."""
@@ -602,7 +638,14 @@ class OrderBook:
 
     def _top_raw(self, side: Side, n: int) -> list[tuple[str, str]]:
         """The best ``n`` levels of ``side`` as the venue's texts (for checksums)."""
-        return [(lv.raw_price, lv.raw_size) for lv in self.levels(side, n)]
+        if side is Side.BID:
+            book = self._bids
+            keys = book.keys[: -n - 1 : -1]
+        else:
+            book = self._asks
+            keys = book.keys[:n]
+        levels = book.levels
+        return [levels[price][2:4] for price in keys]  # (raw_price, raw_size)
 
     def _break(self, reason: ResyncReason, detail: str,
                action: ResyncAction | None = None) -> ApplyResult:

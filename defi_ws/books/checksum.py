@@ -49,16 +49,12 @@ def okx_checksum_string(bids: Sequence[Pair], asks: Sequence[Pair]) -> str:
     Returns:
         ``"bid1Px:bid1Sz:ask1Px:ask1Sz:bid2Px:..."`` over the top 25 of each side.
     """
-    bids = bids[:OKX_CHECKSUM_LEVELS]
-    asks = asks[:OKX_CHECKSUM_LEVELS]
-    parts: list[str] = []
-    for i in range(max(len(bids), len(asks))):
-        if i < len(bids):
-            parts.append(bids[i][0])
-            parts.append(bids[i][1])
-        if i < len(asks):
-            parts.append(asks[i][0])
-            parts.append(asks[i][1])
+    top_bids = [f"{price}:{size}" for price, size in bids[:OKX_CHECKSUM_LEVELS]]
+    top_asks = [f"{price}:{size}" for price, size in asks[:OKX_CHECKSUM_LEVELS]]
+    both = min(len(top_bids), len(top_asks))
+    parts = [level for pair in zip(top_bids[:both], top_asks[:both], strict=True)
+             for level in pair]
+    parts += top_bids[both:] or top_asks[both:]  # the longer side's rest, alone
     return ":".join(parts)
 
 

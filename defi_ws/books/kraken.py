@@ -19,7 +19,9 @@ checksum's digits are gone. Either decode with exact decimals
 (``json.loads(raw, parse_float=Decimal)``, msgspec ``Decimal`` fields), or pass the
 instrument's ``price_precision``/``qty_precision`` (from the ``instrument`` channel) and
 every value is formatted to them. A float without precisions raises
-:class:`~defi_ws.books.BookUsageError` rather than resyncing for ever.
+:class:`~defi_ws.books.BookUsageError` rather than resyncing for ever. The digit
+stripping relies on Kraken writing every value with the instrument's full precision
+(``1.00000000``, never ``1``): otherwise ``"1"`` and ``"0.00000001"`` would hash alike.
 
 Limits: only the top 10 levels are verified. With ``depth`` above 10, a lost update
 below the 10th level is undetectable until it rises into the top 10 (then the checksum
