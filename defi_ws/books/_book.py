@@ -656,8 +656,10 @@ class OrderBook:
         self._last_resync = record
         resyncs = self.counters.resyncs
         resyncs[reason] = resyncs.get(reason, 0) + 1
-        _log.warning("%s book %s: resync (%s, %s): %s", self.venue, self.symbol,
-                     reason.value, action.value, detail)
+        # Log level follows blame: a break the user asked for is not a warning.
+        _log.log(logging.INFO if reason is ResyncReason.USER_REQUESTED else logging.WARNING,
+                 "%s book %s: resync (%s, %s): %s", self.venue, self.symbol, reason.value,
+                 action.value, detail)
         self._clear_levels()
         self._last_update_id = None
         self._on_break()

@@ -180,6 +180,8 @@ class OkxBook(OrderBook):
                 raise Malformed(f"unknown action {action!r}")
             if result.outcome is Outcome.RESYNC_NEEDED:
                 return result
+        if result is IGNORED:  # an empty data array
+            self.counters.ignored += 1
         return result
 
     # ------------------------------------------------------------------ snapshots

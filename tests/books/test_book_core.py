@@ -207,6 +207,14 @@ def test_a_resync_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) ->
                if r.levelno == logging.INFO)
 
 
+def test_a_resync_the_user_asked_for_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    book = live_binance()
+    with caplog.at_level(logging.DEBUG, logger="defi_ws.books"):
+        book.request_resync("rebalance")
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.INFO]
+    assert "user_requested" in caplog.records[0].getMessage()
+
+
 # ---------------------------------------------------------------------- routing
 
 SAMPLES = json.loads((FIXTURES / "messages.json").read_text())["messages"]

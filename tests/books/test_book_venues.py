@@ -316,6 +316,9 @@ def test_okx_ignores_events_other_instruments_and_channels() -> None:
     other["arg"] = {"channel": "books", "instId": "ETH-USDT"}
     assert book.apply(other).outcome is I
     assert book.apply(okx("snapshot", [], [], 1, -1, channel="books5")).outcome is I
+    empty = okx("snapshot", [], [], 1, -1)
+    empty["data"] = []
+    assert book.apply(empty).outcome is I and book.counters.ignored == 4
     assert book.apply(okx("refresh", [], [], 1, -1)).reason is ResyncReason.MALFORMED
 
 
