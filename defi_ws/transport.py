@@ -90,12 +90,15 @@ class ConnectOptions:
         max_message_size: the largest frame the transport accepts (1009 above).
         ssl_context: TLS settings for ``wss://`` URLs (None: system defaults).
         extra_headers: extra HTTP headers for the upgrade request.
+        proxy: ``http://``, ``https://``, ``socks4://`` or ``socks5://`` proxy URL
+            (credentials in it are never shown: not in repr, logs or errors).
     """
 
     handshake_timeout_s: float = 10.0
     max_message_size: int = 16 * 1024 * 1024
     ssl_context: ssl.SSLContext | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    proxy: str | None = field(default=None, repr=False)
 
 
 class Connection(Protocol):
@@ -181,6 +184,18 @@ class PicowsConnection:
     def send_ping(self, payload: bytes = b"") -> None:
         if not (self._ws.is_disconnected or self._ws.is_close_frame_sent):
             self._ws.send_ping(payload)
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket (backpressure); idempotent."""
+        if not self._ws.is_disconnected:
+            with contextlib.suppress(Exception):
+                self._ws.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the socket again; idempotent."""
+        if not self._ws.is_disconnected:
+            with contextlib.suppress(Exception):
+                self._ws.underlying_transport.resume_reading()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if not self._ws.is_disconnected:
@@ -296,6 +311,7 @@ class PicowsTransport:
             max_redirects=0,
             socket_factory=socket_factory,
             use_aiofastnet=use_aiofastnet,
+            proxy=options.proxy,
         )
         task = asyncio.ensure_future(
             asyncio.wait_for(connect, timeout=options.handshake_timeout_s + 1.0)
