@@ -308,7 +308,7 @@ class NatsSink(Sink):
         self._retrying.discard(token)
         stats = self.stats
         stats.acked += 1
-        if b'"duplicate":true' in data:
+        if b'"duplicate"' in data and b"true" in data:  # '"duplicate": true' (a space)
             stats.duplicates += 1
         stats.latency.record(now_ns() - entry.record.recv_ns)
         wake = self._wake
