@@ -89,7 +89,7 @@ async def run_outage(tmp_path: Path, backpressure: str) -> tuple[Gateway, NatsSi
 
 async def test_outage_with_block_buffers_to_the_bound_pauses_the_venues_and_loses_nothing(
         tmp_path: Path) -> None:
-    gw, sink, seen = await run_outage(tmp_path, "block")
+    _, sink, seen = await run_outage(tmp_path, "block")
     assert seen["healthz"]["status"] == "unhealthy"
     assert "not connected to NATS" in seen["healthz"]["sinks"]["nats"]
     assert seen["paused"] >= 1, "the intake paused at the bound"
@@ -105,7 +105,7 @@ async def test_outage_with_block_buffers_to_the_bound_pauses_the_venues_and_lose
 
 
 async def test_outage_with_drop_oldest_counts_the_drops_and_recovers(tmp_path: Path) -> None:
-    gw, sink, seen = await run_outage(tmp_path, "drop_oldest")
+    _, sink, seen = await run_outage(tmp_path, "drop_oldest")
     assert "not connected to NATS" in seen["healthz"]["sinks"]["nats"]
     assert seen["paused"] == 0, "drop_oldest never pauses the venues"
     assert seen["depth_later"] <= sink.queue_size
