@@ -319,8 +319,8 @@ class FeedPool:
 
     @property
     def live(self) -> bool:
-        """Whether every group has at least one LIVE connection."""
-        return self._all_groups_live()
+        """Whether the pool runs and every group has at least one LIVE connection."""
+        return self._task is not None and not self._stopping and self._all_groups_live()
 
     def pause_reading(self) -> None:
         """Stop reading every current connection's socket (backpressure); see
