@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import ssl
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -239,6 +241,23 @@ def aiofastnet_is_safe(loop: asyncio.AbstractEventLoop) -> bool:
     return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
 
 
+def _without_proxy_secrets(disconnect: Disconnect, proxy: str | None) -> Disconnect:
+    """``disconnect`` with the proxy URL's credentials, if any, removed from its detail."""
+    if not proxy:
+        return disconnect
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        secrets = [parts.password, parts.username]
+    except ValueError:
+        secrets = []
+    detail = disconnect.detail.replace(proxy, redact_url(proxy))
+    for secret in secrets:
+        if secret and len(secret) > 2:  # shorter ones would mangle the text, not hide
+            detail = detail.replace(secret, "<redacted>")
+            detail = detail.replace(urllib.parse.unquote(secret), "<redacted>")
+    return dataclasses.replace(disconnect, detail=detail)
+
+
 class PicowsTransport:
     """The default transport: picows over TCP or TLS.
 
@@ -295,6 +314,12 @@ class PicowsTransport:
                     raise
                 sockets.append(sock)
                 return sock
+            if options.proxy:  # with a proxy, picows asks for a socket to the proxy
+                from python_socks import ProxyConnectionError
+
+                raise ProxyConnectionError(
+                    f"{parsed.host}:{parsed.port}: {last_exc.strerror or last_exc}"
+                ) from last_exc
             raise last_exc
 
         connect = picows.ws_connect(
@@ -334,7 +359,8 @@ class PicowsTransport:
         except BaseException as exc:
             for sock in sockets:
                 _shutdown_fd(sock)
-            raise ConnectError(classify_connect_error(exc, url)) from exc
+            raise ConnectError(_without_proxy_secrets(
+                classify_connect_error(exc, url), options.proxy)) from exc
         if ws.is_disconnected and not listener.connected_ns:
             # picows returns a dead transport when the peer hangs up mid-upgrade.
             ws.disconnect(False)
