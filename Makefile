@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all
+.PHONY: all build test demo gateway-demo bench-gateway bench annotate clean lint typecheck stubtest conformance soak test-all
 
 all: build
 
@@ -61,6 +61,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# nats-server + a faulty simulator + a redundancy-2 gateway; a consumer's view (Ctrl-C).
+gateway-demo: $(STAMP)
+	$(PY) -m defi_ws.gateway.demo
+
+# simulator -> gateway -> JetStream -> consumer: msgs/s, latency, CPU per message.
+bench-gateway: $(STAMP)
+	$(PY) bench/gateway.py
 
 # Ten minutes of random venue faults against one client (tests/test_soak.py).
 soak: $(STAMP)

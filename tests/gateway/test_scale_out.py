@@ -28,7 +28,7 @@ from tests.gateway.servers import (
     topic_seqs,
 )
 
-pytestmark = pytest.mark.asyncio(loop_factories=["uvloop"])
+
 
 TOPICS = [f"trades.T{i}" for i in range(8)]
 
@@ -74,6 +74,7 @@ def acked_in_log(stderr: str) -> int:
     return int(match[2])
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_disjoint_shards_give_the_union(tmp_path: Path, nats_server: NatsServer) -> None:
     shard1 = [t for t in TOPICS if in_shard("sim", t, (1, 2))]
     assert shard1 and len(shard1) < len(TOPICS), "the hash splits these topics"
@@ -106,6 +107,7 @@ async def test_disjoint_shards_give_the_union(tmp_path: Path, nats_server: NatsS
     assert subjects == {f"md.sim.trades.T{i}" for i in range(8)}
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_redundant_gateways_give_each_message_once_and_no_gap_when_one_dies(
         tmp_path: Path, nats_server: NatsServer) -> None:
     topics = TOPICS[:4]
@@ -148,3 +150,15 @@ async def test_redundant_gateways_give_each_message_once_and_no_gap_when_one_die
         assert min(seqs[topic]) < killed_at[topic] < max(seqs[topic])
     ids = [m.headers["Nats-Msg-Id"] for m in messages]
     assert len(ids) == len(set(ids))
+
+
+def test_the_gateway_demo_runs_and_ends_cleanly() -> None:
+    """`make gateway-demo` with a duration: faults injected, the consumer sees no gap."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "defi_ws.gateway.demo", "--duration", "7"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gaps: 0, duplicates: 0" in proc.stdout
+    assert "gateway exited 0" in proc.stdout
