@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,6 @@ from tests.gateway.servers import (
     scrape,
     topic_seqs,
 )
-
-
 
 TOPICS = [f"trades.T{i}" for i in range(8)]
 
@@ -154,9 +154,6 @@ async def test_redundant_gateways_give_each_message_once_and_no_gap_when_one_die
 
 def test_the_gateway_demo_runs_and_ends_cleanly() -> None:
     """`make gateway-demo` with a duration: faults injected, the consumer sees no gap."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "defi_ws.gateway.demo", "--duration", "7"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
