@@ -209,8 +209,11 @@ storage = "file"
                                                      args.seconds, args.warmup))
             await asyncio.sleep(args.warmup)
             result["cpu0"], result["acked0"] = cpu_s(gw.pid), scrape_acked(metrics_port)
+            others0 = cpu_s(procs[0].pid), cpu_s(sim.pid), time.process_time()
             await asyncio.sleep(args.seconds)
             result["cpu1"], result["acked1"] = cpu_s(gw.pid), scrape_acked(metrics_port)
+            others1 = cpu_s(procs[0].pid), cpu_s(sim.pid), time.process_time()
+            result["others"] = [b - a for a, b in zip(others0, others1, strict=True)]
             result.update(await consumer)
 
         asyncio.run(measure())
@@ -227,8 +230,11 @@ storage = "file"
              f"{result['count']:,} received, {result['gaps']} gaps, {result['dups']} dups"],
         ]
         table(["path", "msgs/s", "p50 ms", "p99 ms", "CPU us/msg", "consumer"], rows)
-        print(f"\ngateway CPU: {gw_cpu / args.seconds * 100:.0f} % of one core; "
-              f"consumer received {result['rate']:,.0f} msg/s")
+        nats_cpu, sim_cpu, consumer_cpu = result["others"]
+        print(f"\nCPU, % of one core: gateway {gw_cpu / args.seconds * 100:.0f}, nats-server "
+              f"{nats_cpu / args.seconds * 100:.0f}, simulator {sim_cpu / args.seconds * 100:.0f}, "
+              f"consumer {consumer_cpu / args.seconds * 100:.0f} (all on {os.cpu_count()} "
+              f"cores); the consumer received {result['rate']:,.0f} msg/s")
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
