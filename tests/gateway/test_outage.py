@@ -66,6 +66,8 @@ async def run_outage(tmp_path: Path, backpressure: str) -> tuple[Gateway, NatsSi
                 assert status == 503, body
                 seen["healthz"] = orjson.loads(body)
                 seen["depth_during"] = sink.depth
+                if backpressure == "block":  # the backpressure tick notices (every 50 ms)
+                    await wait_until(lambda: gw.pauses >= 1, 20, "the intake to pause")
                 seen["paused"] = gw.pauses
                 await asyncio.sleep(0.5)  # more venue traffic while the server is down
                 seen["depth_later"] = sink.depth
