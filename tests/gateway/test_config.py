@@ -168,3 +168,34 @@ def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "defi_ws", "run", str(good), "--check"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "OK" in proc.stdout
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_generic_credentials_log_in_and_never_reach_a_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from defi_ws.gateway import StdoutSink
+    from defi_ws.testing import ExchangeSimulator
+    from tests.gateway.servers import wait_until
+
+    caplog.set_level(1)
+    secret = "s3cret-Value-9"
+    async with ExchangeSimulator(rate_per_s=100, api_key="key-1", api_secret=secret) as sim:
+        config = parse_config({
+            "venues": {"sim": {"kind": "generic", "url": sim.url, "topics": ["trades.A"],
+                               "credentials": {"api_key": "SIM_KEY",
+                                               "api_secret": "SIM_SECRET"}}},
+            "sinks": [{"kind": "stdout"}],
+        }, env={"SIM_KEY": "key-1", "SIM_SECRET": secret})
+        sink = StdoutSink(stream=io.BytesIO())
+        gw = Gateway(config, sinks=[sink])
+        await gw.start()
+        try:
+            await wait_until(lambda: sink.stats.acked >= 10, 20, "records after login")
+        finally:
+            assert await gw.stop() == 0
+        assert sim.logins_ok >= 1 and sim.logins_failed == 0
+    for record in caplog.records:
+        assert secret not in record.getMessage() + repr(record.args)
+    assert secret not in repr(config) and secret not in repr(gw.handlers["sim"])
