@@ -6,8 +6,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all \
-        perf-guard perf-baseline perf-guard-if-valgrind
+.PHONY: all build test demo gateway-demo bench-gateway bench annotate clean lint typecheck \
+        stubtest conformance soak test-all perf-guard perf-baseline perf-guard-if-valgrind
 
 all: build
 
@@ -75,6 +75,14 @@ perf-baseline: $(STAMP)
 # What `make test` runs: the guard, or how to install valgrind when it is missing.
 perf-guard-if-valgrind: $(STAMP)
 	$(PY) bench/perf_guard.py --if-available
+
+# nats-server + a faulty simulator + a redundancy-2 gateway; a consumer's view (Ctrl-C).
+gateway-demo: $(STAMP)
+	$(PY) -m defi_ws.gateway.demo
+
+# simulator -> gateway -> JetStream -> consumer: msgs/s, latency, CPU per message.
+bench-gateway: $(STAMP)
+	$(PY) bench/gateway.py
 
 # Ten minutes of random venue faults against one client (tests/test_soak.py).
 soak: $(STAMP)

@@ -13,6 +13,8 @@
   [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr;
   Ctrl-C prints a summary. With ``--redundancy N`` (N > 1) or ``--pool`` it tails a
   :class:`~defi_ws.FeedPool` (each message printed once).
+* ``defi-ws run gateway.toml [--check] [--verbose]``: runs the feed gateway
+  (:mod:`defi_ws.gateway`) until SIGTERM/SIGINT, then drains.
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
 
 Errors (bad URL, unreachable host, bad JSON) print one line and exit non-zero.
@@ -718,16 +720,26 @@ def main(argv: list[str] | None = None) -> int:
                            "(default 5)")
     bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
     bench.add_argument("args", nargs=argparse.REMAINDER)
+    run = sub.add_parser("run", help="run a gateway: pools per venue -> NATS JetStream / "
+                                     "files / stdout, /metrics, /healthz (README: Running as "
+                                     "a gateway)")
+    run.add_argument("config", help="the gateway's TOML file")
+    run.add_argument("--check", action="store_true", help="validate the file and exit")
+    run.add_argument("--verbose", action="store_true", help="log at INFO")
     tail.add_argument("--verbose", action="store_true", help="log to stderr")
     demo.add_argument("--verbose", action="store_true", help="log to stderr")
     args = parser.parse_args(argv)
     try:
         if args.command == "tail":
             check_tail_args(args)  # usage errors before anything runs
-        if args.command != "bench":
+        if args.command not in ("bench", "run"):
             quiet_logs(args.verbose)
         if args.command == "bench":
             return run_bench(args.args)
+        if args.command == "run":
+            from defi_ws.gateway.cli import run_gateway
+
+            return run_gateway(args.config, verbose=args.verbose, check_only=args.check)
         runner = _runner()
         if args.command == "demo":
             return int(runner(run_demo(args.duration, args.rate, not args.no_faults)))

@@ -79,7 +79,7 @@ from defi_ws.transport import (
     classify_connect_error,
     redact_url,
 )
-from defi_ws.urls import is_secure_url, url_config_problem, url_problem
+from defi_ws.urls import is_secure_url, proxy_problem, url_config_problem, url_problem
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
@@ -200,6 +200,10 @@ class FeedClient:
             ``RttRule(p99_above_s=0.5)`` or ``ErrorRateRule(10, 60)``.
         tls: TLS policy for ``wss://`` (default: verify certificates).
         extra_headers: extra HTTP headers for the upgrade request.
+        proxy: connect through this proxy: ``http://[user:pass@]host:port`` (HTTP
+            CONNECT), ``https://...``, ``socks4://...`` or ``socks5://[user:pass@]host:port``.
+            Its credentials never appear in logs, reprs or errors; a proxy that refuses
+            is a ``CONNECT_FAILED`` disconnect carrying the proxy's answer.
         on_connected: called with no argument each time the feed becomes LIVE on an
             open connection.
         on_disconnected: called with the :class:`Disconnect` of each lost connection.
@@ -252,6 +256,7 @@ class FeedClient:
         health_rules: Sequence[HealthRule] = (),
         tls: TlsConfig | None = None,
         extra_headers: dict[str, str] | None = None,
+        proxy: str | None = None,
         on_connected: Callable[[], object] | None = None,
         on_disconnected: Callable[[Disconnect], object] | None = None,
         on_reconnected: Callable[[], object] | None = None,
@@ -284,6 +289,10 @@ class FeedClient:
                 f"max_retry_after_s must be a finite number > 0, got {max_retry_after_s!r}")
         if isinstance(handler, JsonHandler) and type(handler).url is JsonHandler.url:
             problems.extend(filter(None, [url_config_problem(handler.url(0), "handler url")]))
+        if proxy is not None:
+            problem = proxy_problem(proxy) if isinstance(proxy, str) else "must be a str"
+            if problem is not None:
+                problems.append(f"proxy {redact_url(str(proxy))!r}: {problem}")
         if max_message_size < 1:
             problems.append(f"max_message_size must be >= 1, got {max_message_size!r}")
         if max_queued_messages < 1:
@@ -321,6 +330,7 @@ class FeedClient:
             handshake_timeout_s=connect_timeout_s,
             max_message_size=max_message_size,
             extra_headers=dict(extra_headers or {}),
+            proxy=proxy,
         )
         self._heartbeat = heartbeat or WsPing()
         # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
@@ -585,6 +595,27 @@ class FeedClient:
         for topic in removed:
             self.sequences.forget(topic)
         return removed
+
+    def pause_reading(self) -> None:
+        """Stop reading the current connection's socket until :meth:`resume_reading`.
+
+        Backpressure for a consumer that cannot keep up: the venue's data waits in the
+        kernel's buffers and then the venue's, instead of in this process. Only the
+        current connection is paused (a new one reads); pings are not answered
+        meanwhile, so a pause longer than the venue's or the heartbeat's patience ends
+        in a disconnect. Idempotent.
+        """
+        conn = self._conn
+        pause = getattr(conn, "pause_reading", None)
+        if pause is not None:
+            pause()
+
+    def resume_reading(self) -> None:
+        """Read the current connection's socket again (idempotent)."""
+        conn = self._conn
+        resume = getattr(conn, "resume_reading", None)
+        if resume is not None:
+            resume()
 
     def send(self, message: Any, *, binary: bool = False) -> None:
         """Send one message (dicts are JSON-encoded) whenever the WebSocket is open.

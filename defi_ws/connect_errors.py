@@ -12,6 +12,7 @@ certificate untrusted/expired/host     ``TLS_FAILURE``         no
 other TLS failure (alert, not TLS)     ``CONNECT_FAILED``      yes
 DNS, refused, reset, timeout, EOF      ``CONNECT_FAILED``      yes
 HTTP status instead of 101             ``HANDSHAKE_REJECTED``  by status
+proxy refused (its answer), unreachable ``CONNECT_FAILED``     yes
 malformed URL                          ``INVALID_URL``         no
 =====================================  ======================  =========
 
@@ -244,8 +245,30 @@ def _invalid_url(problem: str) -> Disconnect:
     return Disconnect(DisconnectReason.INVALID_URL, detail=f"invalid WebSocket URL: {problem}")
 
 
+def _proxy_detail(exc: BaseException) -> str | None:
+    """What a proxy said or did, for python-socks' errors (picows' proxy layer)."""
+    try:
+        from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+        from python_socks._errors import IncompleteReadError
+    except ImportError:  # pragma: no cover - a picows dependency
+        return None
+    if isinstance(exc, IncompleteReadError):  # python-socks' own: the proxy hung up
+        return ("the proxy refused: it closed the connection during its handshake "
+                "(wrong credentials?)")
+    if isinstance(exc, ProxyTimeoutError):
+        return f"proxy timed out: {_message(exc)}"
+    if isinstance(exc, ProxyConnectionError):
+        return f"cannot reach the proxy: {_message(exc)}"
+    if isinstance(exc, ProxyError):
+        return f"the proxy refused: {_message(exc)}"
+    return None
+
+
 def _classify(exc: BaseException, url: str | None) -> Disconnect:
     failed = DisconnectReason.CONNECT_FAILED
+    proxy = _proxy_detail(exc)
+    if proxy is not None:
+        return Disconnect(failed, detail=proxy)
     problem = url_problem(url) if url is not None else None
     if problem is not None:
         return _invalid_url(problem)

@@ -314,6 +314,28 @@ class FeedPool:
         """The current connections' clients (group by group)."""
         return [r.client for _, r in sorted(self._replicas.items())]
 
+    def replicas(self) -> list[tuple[str, FeedClient]]:
+        """``(label, client)`` of each current connection; the label ``g<group>.r<replica>``
+        is stable across rotations and reconnects (a metrics label)."""
+        return [(f"g{gid}.r{index}", r.client)
+                for (gid, index), r in sorted(self._replicas.items())]
+
+    @property
+    def live(self) -> bool:
+        """Whether the pool runs and every group has at least one LIVE connection."""
+        return self._task is not None and not self._stopping and self._all_groups_live()
+
+    def pause_reading(self) -> None:
+        """Stop reading every current connection's socket (backpressure); see
+        :meth:`FeedClient.pause_reading`."""
+        for rep in self._replicas.values():
+            rep.client.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read every current connection's socket again."""
+        for rep in self._replicas.values():
+            rep.client.resume_reading()
+
     def snapshot(self) -> dict[str, Any]:
         """The pool's health, with a per-connection breakdown."""
         now = self._clock()

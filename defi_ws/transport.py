@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
 import ssl
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,12 +92,15 @@ class ConnectOptions:
         max_message_size: the largest frame the transport accepts (1009 above).
         ssl_context: TLS settings for ``wss://`` URLs (None: system defaults).
         extra_headers: extra HTTP headers for the upgrade request.
+        proxy: ``http://``, ``https://``, ``socks4://`` or ``socks5://`` proxy URL
+            (credentials in it are never shown: not in repr, logs or errors).
     """
 
     handshake_timeout_s: float = 10.0
     max_message_size: int = 16 * 1024 * 1024
     ssl_context: ssl.SSLContext | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    proxy: str | None = field(default=None, repr=False)
 
 
 class Connection(Protocol):
@@ -182,6 +187,18 @@ class PicowsConnection:
         if not (self._ws.is_disconnected or self._ws.is_close_frame_sent):
             self._ws.send_ping(payload)
 
+    def pause_reading(self) -> None:
+        """Stop reading the socket (backpressure); idempotent."""
+        if not self._ws.is_disconnected:
+            with contextlib.suppress(Exception):
+                self._ws.underlying_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the socket again; idempotent."""
+        if not self._ws.is_disconnected:
+            with contextlib.suppress(Exception):
+                self._ws.underlying_transport.resume_reading()
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         if not self._ws.is_disconnected:
             self.listener.close(code, reason)
@@ -222,6 +239,23 @@ def aiofastnet_is_safe(loop: asyncio.AbstractEventLoop) -> bool:
         True for the stock asyncio selector loop only.
     """
     return isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+
+
+def _without_proxy_secrets(disconnect: Disconnect, proxy: str | None) -> Disconnect:
+    """``disconnect`` with the proxy URL's credentials, if any, removed from its detail."""
+    if not proxy:
+        return disconnect
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        secrets = [parts.password, parts.username]
+    except ValueError:
+        secrets = []
+    detail = disconnect.detail.replace(proxy, redact_url(proxy))
+    for secret in secrets:
+        if secret and len(secret) > 2:  # shorter ones would mangle the text, not hide
+            detail = detail.replace(secret, "<redacted>")
+            detail = detail.replace(urllib.parse.unquote(secret), "<redacted>")
+    return dataclasses.replace(disconnect, detail=detail)
 
 
 class PicowsTransport:
@@ -280,6 +314,12 @@ class PicowsTransport:
                     raise
                 sockets.append(sock)
                 return sock
+            if options.proxy:  # with a proxy, picows asks for a socket to the proxy
+                from python_socks import ProxyConnectionError
+
+                raise ProxyConnectionError(
+                    f"{parsed.host}:{parsed.port}: {last_exc.strerror or last_exc}"
+                ) from last_exc
             raise last_exc
 
         connect = picows.ws_connect(
@@ -296,6 +336,7 @@ class PicowsTransport:
             max_redirects=0,
             socket_factory=socket_factory,
             use_aiofastnet=use_aiofastnet,
+            proxy=options.proxy,
         )
         task = asyncio.ensure_future(
             asyncio.wait_for(connect, timeout=options.handshake_timeout_s + 1.0)
@@ -318,7 +359,8 @@ class PicowsTransport:
         except BaseException as exc:
             for sock in sockets:
                 _shutdown_fd(sock)
-            raise ConnectError(classify_connect_error(exc, url)) from exc
+            raise ConnectError(_without_proxy_secrets(
+                classify_connect_error(exc, url), options.proxy)) from exc
         if ws.is_disconnected and not listener.connected_ns:
             # picows returns a dead transport when the peer hangs up mid-upgrade.
             ws.disconnect(False)

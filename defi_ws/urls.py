@@ -24,8 +24,10 @@ import urllib.parse
 from defi_ws.errors import ConfigError
 
 __all__ = [
+    "PROXY_SCHEMES",
     "check_url",
     "is_secure_url",
+    "proxy_problem",
     "redact_url",
     "url_config_problem",
     "url_host",
@@ -196,3 +198,23 @@ def url_host(url: str) -> str | None:
         return urllib.parse.urlsplit(url).hostname
     except ValueError:
         return None
+
+
+#: Proxy URL schemes picows connects through.
+PROXY_SCHEMES = ("http", "https", "socks4", "socks5")
+
+
+def proxy_problem(proxy: str) -> str | None:
+    """Why ``proxy`` is not a usable proxy URL (None when it is); never shows secrets."""
+    try:
+        parts = urllib.parse.urlsplit(proxy)
+        port = parts.port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in PROXY_SCHEMES:
+        return f"scheme must be one of {', '.join(PROXY_SCHEMES)}"
+    if not parts.hostname:
+        return "has no host"
+    if port is None:
+        return "has no port"
+    return None

@@ -14,19 +14,21 @@ usds-margined-futures/websocket-market-streams/How-to-manage-a-local-order-book-
    and the first applied must have ``U <= L+1 <= u``; USD-M drops ``u < L`` and the
    first applied must have ``U <= L <= u``. A first update that starts later means the
    snapshot predates the stream: SNAPSHOT_TOO_OLD, fetch again (the buffer is kept).
-3. Then every update must follow the last one: spot ``U == previous u + 1``; USD-M
-   ``pu == previous u``. An update whose ``u`` is not above the last one applied is
-   dropped as stale (it is already in the book). Anything else is a SEQUENCE_GAP:
-   the book clears and asks for a fresh snapshot, keeping the update that revealed
-   the gap (and what follows) in the buffer.
+3. Then every update must follow the last one applied (id ``last``). Spot: an update
+   with ``U > last + 1`` is a SEQUENCE_GAP (``shared/reference/venues.md`` [BN-S]: "a
+   gap exists if U > local+1; normally the next U equals the previous u + 1"); one
+   that overlaps (``U <= last < u``) is applied, which is exact because sizes are
+   absolute (the same reasoning as the first update after the snapshot);
+   ``strict_sequence=True`` refuses the overlap too (``U == last + 1``). USD-M:
+   ``pu == last``. An update whose ``u`` is not above ``last`` is dropped as stale (it
+   is already in the book). A gap clears the book and asks for a fresh snapshot,
+   keeping the update that revealed it (and what follows) in the buffer.
 4. Sizes are absolute; ``"0"`` removes a level (removing an unknown level is normal).
 5. The book is not truncated: the diff stream covers the whole book (levels beyond the
    snapshot's depth appear only once they change, as Binance notes).
 
 Choices where the documents are silent: a crossed book after an update breaks the book
-(``reject_crossed``); the spot rule is the strict ``U == u + 1`` of the documented
-procedure, so an overlapping update (``U <= previous u < u``, correct to apply but not
-documented) also resyncs; a snapshot that arrives while the book is LIVE is dropped
+(``reject_crossed``); a snapshot that arrives while the book is LIVE is dropped
 (STALE_DROPPED), never mixed in.
 
 Messages: raw (``{"e":"depthUpdate",...}``) or combined-stream (``{"stream":...,
@@ -79,10 +81,13 @@ class BinanceBook(OrderBook):
         symbol: e.g. ``"BTCUSDT"`` (case-insensitive; messages carry upper case).
         market: spot or USD-M futures.
         max_buffered: most updates kept while waiting for a snapshot (>= 1).
+        strict_sequence: spot only: require ``U == previous u + 1`` (an overlapping
+            update, exact to apply, resyncs instead).
         reject_crossed: see :class:`~defi_ws.books.OrderBook`.
 
     Attributes:
         market: as given.
+        strict_sequence: as given.
     """
 
     venue = "binance"
@@ -93,6 +98,7 @@ class BinanceBook(OrderBook):
         *,
         market: BinanceMarket = BinanceMarket.SPOT,
         max_buffered: int = 1000,
+        strict_sequence: bool = False,
         reject_crossed: bool = True,
     ) -> None:
         if type(max_buffered) is not int or max_buffered < 1:
@@ -101,6 +107,7 @@ class BinanceBook(OrderBook):
                          reject_crossed=reject_crossed,
                          resync_action=ResyncAction.FETCH_SNAPSHOT)
         self.market = market
+        self.strict_sequence = strict_sequence
         self._usdm = market is BinanceMarket.USDM
         self._max_buffered = max_buffered
         self._buffer: deque[_Update] = deque()
@@ -214,8 +221,10 @@ class BinanceBook(OrderBook):
             stale = last <= book_id
             if self._usdm:
                 follows, rule = prev == book_id, f"pu == {book_id}"
-            else:
+            elif self.strict_sequence:
                 follows, rule = first == book_id + 1, f"U == {book_id + 1}"
+            else:
+                follows, rule = first <= book_id + 1, f"U <= {book_id + 1}"
         if stale:
             self.counters.stale_dropped += 1
             return STALE_DROPPED

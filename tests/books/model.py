@@ -150,16 +150,25 @@ class BinanceSim(VenueSim):
     streams_snapshots = False
     rest_snapshots = True
 
-    def __init__(self, initial: Sequence[Op], usdm: bool = False, start: int = 100) -> None:
+    def __init__(self, initial: Sequence[Op], usdm: bool = False, start: int = 100,
+                 overlaps: bool = False) -> None:
         super().__init__(initial)
         self.usdm = usdm
+        self.overlaps = overlaps
         self.last_u = start - 1
         self.by_id[self.last_u] = self.view()
+        self.previous: tuple[int, list[Pair], list[Pair]] | None = None
 
     def step(self, ops: Sequence[Op], draw: int) -> Delivery:
         bids, asks = self.truth.apply(ops)
         first = self.last_u + 1 + (draw % 3 if self.usdm else 0)  # USD-M ids jump
         last = first + draw % 4
+        if self.overlaps and self.previous is not None and draw % 3 == 2:
+            # Spot: an update re-covering the previous one's ids carries its changes too
+            # (sizes are absolute: the final size of every level changed in [U, u]).
+            first = self.previous[0]
+            bids, asks = self.previous[1] + bids, self.previous[2] + asks
+        self.previous = (first, bids, asks)
         message: dict[str, Any] = {"e": "depthUpdate", "E": 1, "s": "BTCUSDT", "U": first,
                                    "u": last, "b": [list(b) for b in bids],
                                    "a": [list(a) for a in asks]}

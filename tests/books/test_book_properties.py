@@ -61,6 +61,8 @@ VENUES: dict[str, Maker] = {
                                   BinanceSim(init, usdm=True)),
     "binance-small-buffer": lambda init: (BinanceBook("BTCUSDT", max_buffered=2),
                                           BinanceSim(init)),
+    "binance-spot-overlaps": lambda init: (BinanceBook("BTCUSDT"),
+                                           BinanceSim(init, overlaps=True)),
     "okx-depth-5": lambda init: (OkxBook("BTC-USDT", depth=5), OkxSim(init, depth=5)),
     "okx-400": lambda init: (OkxBook("BTC-USDT"), OkxSim(init)),
     "okx-rest": lambda init: (OkxBook("BTC-USDT", depth=5,

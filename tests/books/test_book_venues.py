@@ -112,12 +112,25 @@ def test_binance_spot_live_rules() -> None:
         (depth(16, 16, bids=[("1.5", "0")]), A, None),          # 0 removes
         (depth(17, 17, asks=[("9.9", "0")]), A, None),          # removing an unknown level
         (depth(12, 17), S, None),                                # u <= last: already in
-        (depth(17, 18), R, ResyncReason.SEQUENCE_GAP),           # overlap: not documented
+        (depth(17, 18, asks=[("2.0", "7")]), A, None),           # overlap: exact to apply
+        (depth(20, 21), R, ResyncReason.SEQUENCE_GAP),           # U > last + 1
     ]
     for message, outcome, reason in rows:
         result = book.apply(message)
         assert (result.outcome, result.reason) == (outcome, reason), message
-    assert book.counters.applied == 4  # 11-12 on the snapshot, then 13-15, 16, 17
+    assert book.counters.applied == 5  # 11-12 on the snapshot, then 13-15, 16, 17, 17-18
+    assert book.last_resync is not None
+    assert book.last_resync.detail == "expected U <= 19, got U=20 u=21"
+
+
+def test_binance_spot_strict_sequence_refuses_overlaps() -> None:
+    book = BinanceBook("BNBBTC", strict_sequence=True)
+    book.apply(depth(11, 12))
+    book.apply_snapshot(rest(10))
+    assert book.apply(depth(13, 15)).outcome is A
+    result = book.apply(depth(15, 16))
+    assert (result.reason, result.detail) == (ResyncReason.SEQUENCE_GAP,
+                                              "expected U == 16, got U=15 u=16")
 
 
 def test_binance_live_gap_clears_the_book_and_keeps_the_update_for_the_next_snapshot() -> None:
