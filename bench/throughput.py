@@ -458,6 +458,15 @@ def measure(kind: str, shape: str, loop_name: str, url: str, seconds: float, war
     return rate
 
 
+def load_note(when: str) -> str:
+    """The 1-minute load average, with a warning when other work competes for the CPUs."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = load > 0.75 * ncpus() + 1  # this bench itself keeps up to ~2 processes busy
+    return (f"load average {when}: {load:.1f} on {ncpus()} CPUs"
+            + (" - OTHER WORK COMPETES FOR THE CPUs: rates and ratios are unreliable"
+               if busy else ""))
+
+
 def ratio_text(values: list[float]) -> str:
     if not values:
         return "-"
@@ -541,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                                  if (loop, shape) in plan))
     notes += [
         "server pinned to CPU 1, clients to CPU 0" if pinned else "no CPU pinning",
+        load_note("at start"),
         "reference = the faster same-work baseline of the repetition (picows py listener + "
         "orjson + the same callback, payload as bytes or as memoryview); every ratio is "
         "taken within a repetition",
@@ -627,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         table(["loop", "shape", "FeedClient", "FeedClient typed", "FeedListener",
                "typed", "typed vs picows+msgspec", "frame-only vs count-only",
                "memoryview baseline"], summary, "llrrrrrrr")
+        print(f"- {load_note('at the end')}\n")
         if targets:
             print(f"## issue 13 targets, `{PRIMARY}` shape (median of the per-repetition "
                   "ratios)\n")
