@@ -22,9 +22,9 @@ from defi_ws.testing.dialects import (
     OkxCredentials,
     OkxDialect,
     Product,
+    okx,
 )
 from defi_ws.testing.dialects import binance as bn
-from defi_ws.testing.dialects import okx
 from tests.testing.test_simulator_limits import Client, closed_by_server
 
 TEXT, PING = picows.WSMsgType.TEXT, picows.WSMsgType.PING
@@ -160,7 +160,8 @@ async def test_binance_usdm_endpoint_split() -> None:
         await public.wait(lambda: len(public.messages()) == 2)
         await asyncio.sleep(0.1)
         update = public.messages()[1]
-        assert update["e"] == "depthUpdate" and (update["U"], update["u"], update["pu"]) == (1, 3, 0)
+        assert update["e"] == "depthUpdate"
+        assert (update["U"], update["u"], update["pu"]) == (1, 3, 0)
         assert "T" in update and len(legacy.messages()) == 1  # the legacy URL never pushes
         for client in (public, legacy):
             await client.close()
