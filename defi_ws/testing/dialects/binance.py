@@ -12,7 +12,7 @@ Endpoints (``path`` of the upgrade):
   version of this dialect). A stream named in the path is subscribed at the upgrade,
   without a reply; an invalid one refuses the upgrade with 400 (*choice*).
 * USD-M (``product=Product.USDM``): the same under ``/public`` (``@depth*``,
-  ``@bookTicker``), ``/market`` (``@aggTrade``, ``@trade`` and the rest) and
+  ``@bookTicker``, ``@trade``), ``/market`` (``@aggTrade`` and the rest) and
   ``/private``. A stream subscribed on the wrong one of ``/public`` and ``/market``,
   or on a legacy path without the prefix, is acknowledged but never pushed: what
   third parties report of the retired legacy URLs (counted in ``misrouted``).
@@ -94,11 +94,12 @@ class Product(enum.Enum):
 def usdm_endpoint(stream: str) -> str:
     """The USD-M endpoint a stream is served on: ``"public"`` or ``"market"``.
 
-    ``@depth*`` and ``@bookTicker`` streams are ``/public``; everything else is
-    ``/market`` (venues.md §1.1, announced 2026-03-06).
+    ``@depth*`` and ``@bookTicker`` streams are ``/public`` (venues.md §1.1, announced
+    2026-03-06), and so is ``@trade`` (third parties report it there); everything else
+    is ``/market``.
     """
     channel = stream.partition("@")[2]
-    return "public" if channel.startswith(("depth", "bookTicker")) else "market"
+    return "public" if channel.startswith(("depth", "bookTicker", "trade")) else "market"
 
 
 @dataclass(eq=False)
