@@ -24,9 +24,10 @@ Topics are Binance stream names (``"btcusdt@trade"``, ``"ethusdt@depth@100ms"``)
   ``{"error": {"code", "msg"}, "id"}`` seen on the wire, or the bare
   ``{"code", "msg", "id"}`` of the docs) rejects every topic of its request (Binance
   refuses a request whole, so a malformed stream name is refused by the handler
-  itself and never sent: :func:`stream_problem`). An error without an id can't be
-  traced to a request and is only logged: the ack timeout then reconnects (*safe
-  choice*).
+  itself and never sent, :func:`stream_problem`, and a stream of a type the handler
+  does not know travels in a request of its own, :func:`stream_known`). An error
+  without an id can't be traced to a request and is only logged: the ack timeout
+  then reconnects (*safe choice*).
 * **Heartbeat**: Binance PINGs every 20 s (spot) / 3 min (USD-M) and wants the same
   payload back within 1 min / 10 min; picows answers PINGs by itself. The
   recommended ``heartbeat`` (``WsPing(30 s, 10 s)``, FeedClient's default with this
@@ -89,6 +90,7 @@ __all__ = [
     "UsdmEndpoint",
     "dedup_key",
     "event_of",
+    "stream_known",
     "stream_of",
     "stream_problem",
     "usdm_endpoint",
@@ -127,10 +129,11 @@ _TYPES = re.compile(r"[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)*")
 def stream_problem(stream: str) -> str | None:
     """Why ``stream`` is not a Binance stream name (None when it looks like one).
 
-    Binance refuses a whole SUBSCRIBE when one of its streams is malformed, so the
+    Binance refuses a whole SUBSCRIBE when one of its streams is invalid, so the
     handlers refuse malformed names themselves instead of sending them: a stream is
     ``<symbol>@<type>[@<option>...]`` (symbols in lowercase) or an all-market
-    ``!<type>[@<option>...]``, with a type from :data:`KNOWN_STREAM_TYPES`.
+    ``!<type>[@<option>...]``. A well-formed stream of a type not in
+    :data:`KNOWN_STREAM_TYPES` is no problem here (see :func:`stream_known`).
     """
     if stream.startswith("!"):
         rest = stream[1:]
@@ -143,11 +146,17 @@ def stream_problem(stream: str) -> str | None:
             if at and symbol != symbol.lower() and _SYMBOL.fullmatch(symbol.lower()):
                 hint = f" (symbols are lowercase: {symbol.lower() + at + rest!r})"
             return f"{stream!r} is not a Binance stream name <symbol>@<type>{hint}"
-    kind = rest.partition("@")[0]
-    if not kind.startswith(KNOWN_STREAM_TYPES):
-        return (f"{stream!r}: unknown stream type {kind!r} (validate_streams=False "
-                "sends it anyway)")
     return None
+
+
+def stream_known(stream: str) -> bool:
+    """Whether ``stream``'s type is one of :data:`KNOWN_STREAM_TYPES`.
+
+    The handlers send a stream of another type in a SUBSCRIBE of its own: if Binance
+    refuses it, it takes no other stream down with it.
+    """
+    kind = stream.lstrip("!").partition("@")[2 if not stream.startswith("!") else 0]
+    return kind.partition("@")[0].startswith(KNOWN_STREAM_TYPES)
 
 
 class UsdmEndpoint(enum.Enum):
@@ -331,6 +340,7 @@ class _Binance:
         return stream_problem(topic) if self._validate else None
 
     def _request(self, method: str, topics: Sequence[str]) -> dict[str, Any]:
+        """One request for ``topics`` (those refused here are answered with its reply)."""
         self._next_id += 1
         req_id = self._next_id
         request = _Request(method == "UNSUBSCRIBE", [])
@@ -348,8 +358,13 @@ class _Binance:
         return {"method": method, "params": request.topics, "id": req_id}
 
     def subscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
-        """One ``SUBSCRIBE`` with a fresh id."""
-        return [self._request("SUBSCRIBE", topics)]
+        """One ``SUBSCRIBE`` with a fresh id; streams of an unknown type get their own."""
+        if not self._validate:
+            return [self._request("SUBSCRIBE", topics)]
+        usual = [t for t in topics if stream_known(t) or stream_problem(t) is not None]
+        messages = [self._request("SUBSCRIBE", usual)] if usual else []
+        messages.extend(self._request("SUBSCRIBE", [t]) for t in topics if t not in usual)
+        return messages
 
     def unsubscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
         """One ``UNSUBSCRIBE`` with a fresh id."""
@@ -427,8 +442,9 @@ class BinanceSpot(_Binance):
         dedup: overrides the pool's de-duplication (:data:`DEDUP`); False for none.
         track_sequences: report gaps in trade and aggregate trade ids.
         validate_streams: refuse malformed stream names here (see
-            :func:`stream_problem`) instead of sending them: Binance would refuse
-            their whole SUBSCRIBE, well-formed streams included.
+            :func:`stream_problem`) instead of sending them, and send streams of a
+            type not in :data:`KNOWN_STREAM_TYPES` in a SUBSCRIBE of their own:
+            Binance refuses a SUBSCRIBE whole, well-formed streams included.
 
     Raises:
         ConfigError: ``url`` is not a usable WebSocket URL.

@@ -168,19 +168,23 @@ def test_acks_errors_and_notices_map_to_requests() -> None:
 
 def test_malformed_streams_are_refused_here_not_sent() -> None:
     handler = BinanceSpot()
-    [message] = handler.subscribe_messages(["BTCUSDT@trade", "btcusdt@trade", "btcusdt@x"])
+    message, alone = handler.subscribe_messages(
+        ["BTCUSDT@trade", "btcusdt@trade", "btcusdt@x", "btc usdt@trade"])
     assert message["params"] == ["btcusdt@trade"]
+    assert alone == {"method": "SUBSCRIBE", "params": ["btcusdt@x"], "id": message["id"] + 1}
     acks = handler.classify({"result": None, "id": message["id"]})
     assert [(a.topic, a.ok) for a in acks] == [
-        ("BTCUSDT@trade", False), ("btcusdt@x", False), ("btcusdt@trade", True)]
+        ("BTCUSDT@trade", False), ("btc usdt@trade", False), ("btcusdt@trade", True)]
     assert "symbols are lowercase: 'btcusdt@trade'" in acks[0].detail
-    assert "unknown stream type 'x'" in acks[1].detail
+    assert handler.classify({"error": {"code": 2, "msg": "Invalid request: invalid stream"},
+                             "id": alone["id"]})[0].topic == "btcusdt@x"
+    assert not binance.stream_known("btcusdt@x") and binance.stream_known("!ticker@arr")
     for good in ("btcusdt@kline_1m", "!bookTicker", "!miniTicker@arr", "btcusdt@depth20@100ms",
                  "btcusdt_perpetual@continuousKline_1m", "btcusdt@markPrice@1s"):
-        assert binance.stream_problem(good) is None, good
-    [only_bad] = handler.subscribe_messages(["nope"])
+        assert binance.stream_problem(good) is None and binance.stream_known(good), good
+    [only_bad] = handler.subscribe_messages(["nope", "NOPE@trade"])
     assert only_bad == {"method": "LIST_SUBSCRIPTIONS", "id": only_bad["id"]}
-    assert handler.classify({"result": [], "id": only_bad["id"]})[0].ok is False
+    assert [a.ok for a in handler.classify({"result": [], "id": only_bad["id"]})] == [False] * 2
     lenient = BinanceSpot(validate_streams=False)
     assert lenient.subscribe_messages(["btcusdt@x"])[0]["params"] == ["btcusdt@x"]
 
@@ -312,13 +316,15 @@ async def test_a_refused_subscription_is_reported_and_dropped() -> None:
                             **FAST)
         async with client:
             await client.wait_live(20)
-            client.subscribe(["dogeusdt@trade", "BTCUSDT@aggTrade"])
-            await until(lambda: len(rejected) == 2)
+            client.subscribe(["dogeusdt@trade", "BTCUSDT@aggTrade", "ethusdt@nosuch"])
+            await until(lambda: len(rejected) == 3)
             await until(lambda: len(trades.ids["ethusdt@trade"]) > 10)
             assert client.state.name == "LIVE"
             assert sorted(client.desired_topics) == ["btcusdt@trade", "ethusdt@trade"]
     assert rejected[0][0] == "BTCUSDT@aggTrade" and "lowercase" in rejected[0][1]
-    assert rejected[1] == ("dogeusdt@trade", "code 2: Invalid request: invalid stream")
+    # one bad stream refuses its whole request: the unknown type travelled alone
+    assert rejected[1:] == [("dogeusdt@trade", "code 2: Invalid request: invalid stream"),
+                            ("ethusdt@nosuch", "code 2: Invalid request: invalid stream")]
     assert sim.limit_hits == 0
 
 
