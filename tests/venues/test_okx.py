@@ -361,3 +361,12 @@ async def test_the_pool_never_hits_the_venues_limits() -> None:
             await until(lambda: len(pushes.ids["trades:D2-USDT"]) > 5)
         assert sim.limit_hits == 0, sim.stats()
     pushes.assert_exactly_once_in_order()
+
+
+def test_a_client_takes_the_handlers_heartbeat_and_outbound_rate() -> None:
+    handler = Okx()
+    config = FeedClient(handler)._config
+    assert config.heartbeat is handler.heartbeat
+    assert (config.rate_per_s, config.burst) == (okx.LIMITS.messages_per_s, okx.LIMITS.burst)
+    mine = FeedClient(handler, heartbeat=NoPing(), outbound_rate_per_s=3.0)._config
+    assert isinstance(mine.heartbeat, NoPing) and mine.rate_per_s == 3.0
