@@ -57,7 +57,9 @@ Topics are Binance stream names (``"btcusdt@trade"``, ``"ethusdt@depth@100ms"``)
   :func:`usdm_endpoint` says which endpoint a stream needs.
 * **Sequences and dedup**: trade ids ``t`` and aggregate trade ids ``a`` are
   consecutive per symbol: ``sequence_of`` reports gaps on ``@trade`` and ``@aggTrade``
-  streams. A pool's de-duplication needs a key per stream type (a kline's nested
+  streams (one Python call per message on a FeedClient; ``track_sequences=False``
+  leaves the hot path to ``on_data`` alone; a FeedPool checks the merged stream
+  instead). A pool's de-duplication needs a key per stream type (a kline's nested
   ``"t"`` is its start time, repeated by every update, so the id field can't be read
   blindly): :func:`dedup_key` gives ``(stream, t)`` and ``(stream, a)`` (exactly once,
   in order, gaps reported), exact keys for depth updates ``(U, u)`` and book tickers
