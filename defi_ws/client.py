@@ -46,7 +46,7 @@ from defi_ws.errors import (
     FeedClosedError,
     NotConnectedError,
 )
-from defi_ws.handler import ExchangeHandler, JsonHandler, Notice
+from defi_ws.handler import ExchangeHandler, JsonHandler, Notice, VenueLimits
 from defi_ws.health import Health, HealthRule, StaleClock
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
@@ -185,13 +185,16 @@ class FeedClient:
         tick_s: polling period of per-topic stale windows, health rules and the stale
             clock on a non-default clock (otherwise the pump sleeps until a deadline).
         max_message_size: largest inbound message (close 1009 above).
-        outbound_rate_per_s: outbound messages per second per connection (None:
-            unlimited); subscribes, unsubscribes, app-level pings and ``send`` obey it.
+        outbound_rate_per_s: outbound messages per second per connection;
+            subscribes, unsubscribes, app-level pings and ``send`` obey it. None: the
+            handler's ``limits.messages_per_s`` and ``limits.burst`` when it declares
+            them (a venue adapter does), else unlimited.
         outbound_burst: messages that may leave at once under the rate limit.
         max_queued_messages: bound of the outbound queue (``SendQueueFull`` above).
         error_policy: what a decode/callback exception does.
-        heartbeat: how to ping the venue and recognise its pong (default:
-            ``WsPing()``, control frames every 10 s, 10 s to answer).
+        heartbeat: how to ping the venue and recognise its pong (default: the
+            handler's ``heartbeat`` attribute when it has one, as venue adapters do,
+            else ``WsPing()``, control frames every 10 s, 10 s to answer).
         stale_after_s: drop the connection (reason STALE) when no data message
             arrives for this long while LIVE; None turns the global check off.
         topic_stale_after_s: per-topic windows (needs ``handler.topic_of``); a
@@ -307,6 +310,10 @@ class FeedClient:
             problems.append("topic_stale_after_s needs a handler with topic_of(message)")
         if problems:
             raise ConfigError(problems)
+        venue_limits = getattr(handler, "limits", None)
+        if outbound_rate_per_s is None and isinstance(venue_limits, VenueLimits) \
+                and venue_limits.messages_per_s is not None:
+            outbound_rate_per_s, outbound_burst = venue_limits.messages_per_s, venue_limits.burst
         if outbound_rate_per_s is not None:
             TokenBucket(outbound_rate_per_s, outbound_burst)  # validates
         stale = StaleClock(stale_after_s, topic_stale_after_s)  # validates
@@ -332,7 +339,7 @@ class FeedClient:
             extra_headers=dict(extra_headers or {}),
             proxy=proxy,
         )
-        self._heartbeat = heartbeat or WsPing()
+        self._heartbeat = heartbeat or getattr(handler, "heartbeat", None) or WsPing()
         # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
         # the client's clock: the stale deadline is exact and needs no polling. Other
         # clocks (tests), per-topic windows and health rules poll every tick_s.

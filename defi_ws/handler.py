@@ -141,7 +141,9 @@ class DedupSpec:
     ``"t"``) with ``topic_field`` for exactly-once, in-order delivery and gap reports;
     or ``hash_field`` (the field whose raw JSON value is hashed, e.g. ``"data"``) for
     venues whose ids are per connection: then duplicates inside a bounded window are
-    dropped, and order and gaps are not guaranteed.
+    dropped, and order and gaps are not guaranteed. ``key_of`` is a Python hook for
+    keys the fast path can't read (e.g. an id field that depends on the event type):
+    it is asked only about messages the configured fields give no key.
 
     Attributes:
         id_field: JSON field of a monotonic per-topic id (integer or quoted integer).
@@ -149,12 +151,16 @@ class DedupSpec:
             (a message without the configured field has no key and is delivered).
         hash_field: JSON field whose raw value is hashed when there is no id.
         window: how many recent hashes are remembered.
+        key_of: called with a ``memoryview`` of a copy of the payload; returns
+            ``(topic, id)`` (an id key, as with ``id_field``), any other hashable (an
+            exact key remembered for ``window`` messages) or None (no key: delivered).
     """
 
     id_field: str | None = None
     topic_field: str | None = None
     hash_field: str | None = None
     window: int = 65536
+    key_of: Callable[[memoryview], Any] | None = None
 
 
 class ExchangeHandler(Protocol):
@@ -213,6 +219,9 @@ class ExchangeHandler(Protocol):
     # dedup: DedupSpec | None
     #     How redundant connections recognise duplicates before decode; a FeedPool
     #     with redundancy > 1 or rotation needs it.
+    # heartbeat: HeartbeatStrategy
+    #     The venue's heartbeat (FeedClient's default when none is passed), e.g.
+    #     TextPing("ping", "pong") for OKX.
 
 
 def chunked(items: Sequence[T], size: int) -> list[list[T]]:

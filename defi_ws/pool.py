@@ -267,7 +267,7 @@ class FeedPool:
         self._spec = spec
         self.dedup: Deduplicator | None = None if spec is None else Deduplicator(
             id_field=spec.id_field, topic_field=spec.topic_field,
-            hash_field=spec.hash_field, window=spec.window)
+            hash_field=spec.hash_field, window=spec.window, key_of=spec.key_of)
         age_s = self.limits.max_connection_age_s
         self._rotate_before_s = (rotate_before_s if rotate_before_s is not None
                                  else (0.1 * age_s if age_s else 0.0))
@@ -468,7 +468,7 @@ class FeedPool:
             topics=sorted(self.placement.groups.get(gid, ())),
             dedup=self.dedup,
             track_sequences=self.dedup is None or self._spec is None
-            or self._spec.id_field is None,
+            or (self._spec.id_field is None and self._spec.key_of is None),
             connect_gate=self._connect_gate,
             outbound_rate_per_s=self.limits.messages_per_s,
             outbound_burst=self.limits.burst,

@@ -1,34 +1,31 @@
-"""A Binance-style trade stream: a complete ``ExchangeHandler`` for a request/id protocol.
+"""A Binance combined-stream trade tap on the ``defi_ws.venues`` adapter.
 
-Binance spot market streams (``wss://stream.binance.com:9443/ws``) differ from the
-generic protocol in every control message, so this handler implements the
-``ExchangeHandler`` protocol from scratch instead of subclassing ``JsonHandler``::
+``BinanceSpot`` knows Binance's market-stream protocol, so this script only says what
+to subscribe to and what to do with a trade::
 
-    -> {"method": "SUBSCRIBE", "params": ["btcusdt@trade", "ethusdt@trade"], "id": 1}
-    <- {"result": null, "id": 1}                            (one reply per request)
-    <- {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 1}
-    <- {"e": "trade", "E": ms, "s": "BTCUSDT", "t": 12345, "p": "...", "q": "...", ...}
+    handler = BinanceSpot(url, on_data=on_trade)        # /stream: combined envelopes
+    client = FeedClient(handler, topics=["btcusdt@trade", "ethusdt@trade"])
 
-What it shows:
+What the adapter does for you:
 
-* Acks answer a *request*, not a topic: ``subscribe_messages`` numbers each request
-  and remembers its topics; ``classify`` turns one ``{"result": null, "id": n}`` into
-  one ``Ack`` per topic of request ``n`` (and an error into rejections). Request ids
-  die with their connection: ``on_connection`` forgets them.
-* ``control_prefixes`` are the raw-byte starts of replies (``{"result"``, ``{"error"``):
-  trade events (``{"e":"trade"...``) skip the control router entirely.
-* Trade ids ``t`` are consecutive per symbol, so ``sequence_of`` gives the client gap
-  detection for free.
-* Binance pings *us* with WebSocket PING frames (every 20 s; picows answers them). The
-  client's own ``WsPing`` is optional and only measures RTT; every PING counts
-  towards Binance's 5 inbound messages/s, as do subscribe requests, hence
-  ``outbound_rate_per_s=4``.
-* A subscription the venue refuses is dropped and reported (``on_subscription_rejected``).
+* **Both payload shapes**: on ``/stream`` every message is ``{"stream": name, "data":
+  event}``; on ``/ws`` it is the bare event. ``event_of`` and ``stream_of`` read
+  either, so pointing the script at the other kind of endpoint still counts every
+  trade (``--url .../ws`` works as well as ``--url .../stream``).
+* **Acks per request**: ``{"result": null, "id": n}`` confirms every stream of
+  request ``n``; an error refuses them, and the client drops and reports them
+  (``on_subscription_rejected``). A malformed name (``BTCUSDT@trade``: symbols are
+  lowercase) is refused by the handler before it is sent; a stream of a type it does
+  not know travels alone, so Binance refusing it takes nothing else down.
+* **Binance's rules as defaults**: 5 inbound messages/s (the handler's outbound rate
+  keeps room for Binance's PINGs), 1024 streams per connection, the 24 h cut and its
+  ``serverShutdown`` notice (a ``FeedPool`` rotates on it), consecutive trade ids
+  (gaps are reported through ``on_gap``), and a ``WsPing`` heartbeat.
 
 Run::
 
-    python examples/binance_trades.py                     # embedded Binance-dialect simulator
-    python examples/binance_trades.py --url wss://stream.binance.com:9443/ws --seconds 10
+    python examples/binance_trades.py                 # embedded Binance simulator, /stream
+    python examples/binance_trades.py --url wss://stream.binance.com:9443/stream --seconds 10
 """
 
 from __future__ import annotations
@@ -38,102 +35,54 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import sys
 from typing import Any
 
-import orjson
-
-from defi_ws import Ack, ExponentialBackoff, FeedClient, WsPing
-from defi_ws.testing.simulator import Dialect, ExchangeSimulator
+from defi_ws import ExponentialBackoff, FeedClient
+from defi_ws.testing import ExchangeSimulator
+from defi_ws.testing.dialects import BinanceDialect
+from defi_ws.venues.binance import BinanceSpot, event_of, stream_of
 
 STREAMS = ["btcusdt@trade", "ethusdt@trade"]
 
 
-class BinanceTrades:
-    """An ``ExchangeHandler`` for Binance spot raw ``<symbol>@trade`` streams."""
+class TradeTap:
+    """Counts trades per stream and prints the first few."""
 
-    decode: Callable[[memoryview], Any] | None = staticmethod(orjson.loads)
-    control_prefixes: tuple[bytes, ...] | None = (b'{"result"', b'{"error"')
-    # Binance documents no per-message limit, only 1024 streams per connection and
-    # 5 inbound messages/s: a few large requests are the polite choice.
-    max_topics_per_message = 200
-
-    def __init__(self, url: str, show: int = 5) -> None:
-        self._url = url
-        self._next_id = 0
-        self._requests: dict[int, tuple[bool, list[str]]] = {}  # id -> (unsubscribe, topics)
+    def __init__(self, show: int = 5) -> None:
+        self.trades: dict[str, int] = {}
         self._show = show
-        self.trades = 0
 
-    # --- connection and requests -------------------------------------------------
-
-    def url(self, attempt: int) -> str:
-        return self._url
-
-    def on_connection(self) -> None:
-        self._requests.clear()  # answers to the previous connection's requests never come
-
-    def auth_messages(self) -> Sequence[Any]:
-        return ()  # market streams are public
-
-    def subscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
-        return [self._request("SUBSCRIBE", topics)]
-
-    def unsubscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
-        return [self._request("UNSUBSCRIBE", topics)]
-
-    def _request(self, method: str, topics: Sequence[str]) -> dict[str, Any]:
-        self._next_id += 1
-        self._requests[self._next_id] = (method == "UNSUBSCRIBE", list(topics))
-        return {"method": method, "params": list(topics), "id": self._next_id}
-
-    # --- inbound -----------------------------------------------------------------
-
-    def classify(self, message: Any) -> Sequence[Ack]:
-        req_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(req_id, int) or req_id not in self._requests:
-            return ()
-        unsubscribe, topics = self._requests.pop(req_id)
-        error = message.get("error")
-        if error is None:
-            return [Ack(topic, unsubscribe=unsubscribe) for topic in topics]
-        detail = f"code {error.get('code')}: {error.get('msg')}"
-        return [Ack(topic, ok=False, detail=detail, unsubscribe=unsubscribe) for topic in topics]
-
-    def topic_of(self, message: Any) -> str | None:
-        symbol = message.get("s") if isinstance(message, dict) else None
-        return f"{symbol.lower()}@trade" if isinstance(symbol, str) else None
-
-    def sequence_of(self, message: Any) -> tuple[str, int] | None:
-        topic = self.topic_of(message)
-        if topic is None or not isinstance(trade_id := message.get("t"), int):
-            return None
-        return (topic, trade_id)
-
-    def on_message(self, message: Any) -> None:
-        if not isinstance(message, dict) or message.get("e") != "trade":
-            return  # e.g. an error reply to a request this connection did not send
-        self.trades += 1
+    def on_data(self, message: Any) -> None:
+        event = event_of(message)  # the envelope's "data", or the raw event itself
+        if not isinstance(event, dict) or event.get("e") != "trade":
+            return
+        stream = stream_of(message) or "?"
+        self.trades[stream] = self.trades.get(stream, 0) + 1
         if self._show > 0:
             self._show -= 1
-            side = "sell" if message["m"] else "buy "  # m: the buyer was the maker
-            print(f"  {message['s']:<8} t={message['t']:<5} {side} {message['q']} @ {message['p']}")
+            side = "sell" if event["m"] else "buy "  # m: the buyer was the maker
+            print(f"  {event['s']:<8} t={event['t']:<5} {side} {event['q']} @ {event['p']}"
+                  f"   ({stream})")
+
+    @property
+    def total(self) -> int:
+        return sum(self.trades.values())
 
 
 async def run(url: str | None, seconds: float) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if url is None:
-            sim = ExchangeSimulator(dialect=Dialect.BINANCE, rate_per_s=20)
-            url = (await stack.enter_async_context(sim)).url + "ws"
+            sim = ExchangeSimulator(dialect=BinanceDialect(ping_interval_s=1.0), rate_per_s=20)
+            url = (await stack.enter_async_context(sim)).url + "stream"
         print(f"venue: {url}  streams: {', '.join(STREAMS)}")
 
-        handler = BinanceTrades(url)
+        tap = TradeTap()
+        handler = BinanceSpot(url, on_data=tap.on_data)
         client = FeedClient(
             handler,
             topics=STREAMS,
             reconnect=ExponentialBackoff(initial_s=0.5, max_s=30.0),
-            heartbeat=WsPing(interval_s=1.0, timeout_s=10.0),
-            outbound_rate_per_s=4.0,
             on_subscription_rejected=lambda topic, detail: print(f"rejected {topic}: {detail}"),
             on_gap=lambda gap: print(f"gap: {gap}"),
             name="binance",
@@ -141,16 +90,20 @@ async def run(url: str | None, seconds: float) -> int:
         async with client:
             await client.wait_live(timeout_s=10.0)
             print(f"LIVE, confirmed: {sorted(client.confirmed_topics)}")
-            client.subscribe("btcusdt@nosuchstream")  # refused by the venue, then dropped
+            client.subscribe("btcusdt@nosuchstream")  # sent alone, refused by the venue
             await asyncio.sleep(seconds)
-            print(f"trades received: {handler.trades}, desired: {list(client.desired_topics)}")
+            print(f"trades received: {tap.total} {tap.trades}, "
+                  f"desired: {list(client.desired_topics)}")
+            if tap.total == 0:
+                print("warning: no trade arrived; is the URL a Binance market-stream "
+                      "endpoint (/ws or /stream)?", file=sys.stderr)
             print("snapshot:")
             print(json.dumps(client.snapshot(), indent=2, default=str))
-        return 0 if handler.trades > 0 else 1
+        return 0 if tap.total > 0 else 1
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Binance-style trade stream with defi-ws.")
+    parser = argparse.ArgumentParser(description="Binance combined-stream trade tap.")
     parser.add_argument("--url", help="venue URL (default: an embedded simulator)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to run")
     args = parser.parse_args()

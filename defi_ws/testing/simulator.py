@@ -16,11 +16,17 @@ reconnects sees its topic's sequence continue, with gaps only where a test injec
 them (:meth:`ExchangeSimulator.sequence_gap`). Messages are only generated for topics
 somebody is subscribed to.
 
-Other venues' protocols are *dialects* (:class:`Dialect`, the ``dialect`` argument);
-the generic protocol above is the default. Every dialect maps its subscriptions to one
-string *topic key* per stream, so rates, sequences, faults and stats are per key:
+Other venues' protocols are *dialects*, one module each in
+:mod:`defi_ws.testing.dialects` (the ``dialect`` argument: a :class:`Dialect` value or
+a configured :class:`~defi_ws.testing.dialects.VenueDialect`); the generic protocol
+above is the default. This module is the server core every dialect shares
+(connections, faults, limits, connection age, sequences, stats); a dialect owns its
+venue's upgrade paths, requests and replies, errors, heartbeats, notices and message
+shapes. Every dialect maps its subscriptions to one string *topic key* per stream, so
+rates, sequences, faults and stats are per key:
 
-* ``Dialect.BINANCE`` (key: the stream name, ``"btcusdt@trade"``)::
+* ``Dialect.BINANCE`` (key: the stream name, ``"btcusdt@trade"``; see
+  :mod:`~defi_ws.testing.dialects.binance`)::
 
     -> {"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}
     <- {"result": null, "id": 1}                  (one reply per request)
@@ -28,24 +34,28 @@ string *topic key* per stream, so rates, sequences, faults and stats are per key
     <- {"e": "trade", "E": ms, "s": "BTCUSDT", "t": 1, "p": "...", "q": "...", "T": ms,
         "m": false, "M": true}                    (t: the sequence number)
 
-  Only ``<symbol>@trade`` streams exist; a request naming an unknown stream is refused
-  whole. ``UNSUBSCRIBE`` and ``LIST_SUBSCRIPTIONS`` work too. Heartbeats are WebSocket
-  PING/PONG control frames only (a text ``ping`` is invalid JSON to Binance).
+  By default only ``<symbol>@trade`` streams exist; a request naming an unknown stream
+  is refused whole. Heartbeats are WebSocket PING/PONG control frames only.
+  ``BinanceDialect(...)`` adds aggTrade, depth and bookTicker streams, combined
+  ``/stream`` envelopes, server PINGs with a pong deadline and the USD-M endpoint
+  split (``Dialect.BINANCE_USDM``).
 
-* ``Dialect.OKX`` (key: ``"<channel>:<instId>"``, e.g. ``"trades:BTC-USDT"``)::
+* ``Dialect.OKX`` (key: ``"<channel>:<instId>"``, e.g. ``"trades:BTC-USDT"``; see
+  :mod:`~defi_ws.testing.dialects.okx`)::
 
     -> {"id": "7", "op": "subscribe", "args": [{"channel": "trades", "instId": "BTC-USDT"}]}
     <- {"id": "7", "event": "subscribe", "arg": {"channel": "trades",
         "instId": "BTC-USDT"}, "connId": "..."}      (one per arg; "id" only when sent)
     <- {"id": "7", "event": "error", "code": "60018", "msg": "Wrong URL or channel:...",
         "connId": "..."}                           (unknown channel or instrument)
-    <- {"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [{"instId": "BTC-USDT",
-        "tradeId": "1", "px": "...", "sz": "...", "side": "buy", "ts": "ms", ...}]}
     -> "ping"            <- "pong"
 
-  Only the ``trades`` channel exists. Malformed requests get code ``60012``.
+  By default only the ``trades`` channel exists. Malformed requests get code
+  ``60012``. ``OkxDialect(...)`` adds bbo-tbt, books5, books and the private orders
+  channel, HMAC login, the 30 s idle cut and the hourly request budget.
 
-Login (``api_key``) is only part of the generic protocol.
+The core's ``api_key`` login is only part of the generic protocol (OKX's login is
+configured on :class:`~defi_ws.testing.dialects.OkxDialect`).
 
 Venue limits are opt-in constructor arguments (all off by default); every hit is
 counted (``stats()["limit_hits"]`` is their sum, so a test can assert a client never
@@ -118,12 +128,9 @@ import asyncio
 import contextlib
 import enum
 import functools
-import hashlib
-import hmac
 import logging
 import math
 import random
-import re
 import socket
 import ssl
 import struct
@@ -139,6 +146,9 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from defi_ws import _compat
 from defi_ws._picows_log import PicowsLog
+from defi_ws.testing.dialects import Dialect, VenueDialect, resolve
+from defi_ws.testing.dialects.base import Event
+from defi_ws.testing.dialects.generic import login_signature
 from defi_ws.testing.frames import Opcode, build_frame
 
 __all__ = [
@@ -153,6 +163,7 @@ __all__ = [
     "ExchangeSimulator",
     "SequenceScope",
     "SimConnection",
+    "VenueDialect",
     "login_message",
     "login_signature",
 ]
@@ -180,17 +191,6 @@ RECOVERABLE_FAULTS: tuple[str, ...] = (
 ALL_FAULTS: tuple[str, ...] = (*RECOVERABLE_FAULTS, "invalid_json", "sequence_gap")
 
 
-class Dialect(enum.Enum):
-    """The wire protocol an :class:`ExchangeSimulator` speaks (see the module docstring)."""
-
-    #: defi-ws' generic JSON protocol (what :class:`~defi_ws.handler.JsonHandler` speaks).
-    GENERIC = "generic"
-    #: Binance spot market streams: ``SUBSCRIBE`` by id, raw ``trade`` events.
-    BINANCE = "binance"
-    #: OKX v5 public channels: per-arg acks, ``trades`` pushes, text ``ping``/``pong``.
-    OKX = "okx"
-
-
 class SequenceScope(enum.Enum):
     """How an :class:`ExchangeSimulator` numbers stream messages."""
 
@@ -210,36 +210,6 @@ RATE_CLOSE_REASON = "Too many requests"
 AGE_CLOSE_CODE = 1001
 AGE_CLOSE_REASON = "max connection age"
 SHUTDOWN_CLOSE_REASON = "server shutdown"
-_OKX_NOTICE_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
-
-_BINANCE_STREAM = re.compile(r"[a-z0-9]+@trade")
-_OKX_INST_ID = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)+")
-_OKX_CHANNELS = frozenset({"trades"})
-
-
-def _trade_hash(topic: str, event: int) -> str:
-    """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
-    return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
-
-
-def _okx_conn_id(conn_id: int) -> str:
-    """A stable 8-hex-digit ``connId`` for a connection number (OKX-like)."""
-    return f"{(conn_id * 0x9E3779B1) & 0xFFFFFFFF:08x}"
-
-
-def login_signature(secret: str, ts_ms: int) -> str:
-    """The login signature: hex HMAC-SHA256 of ``f"{ts_ms}GET/login"`` keyed by ``secret``.
-
-    Args:
-        secret: the API secret.
-        ts_ms: the timestamp in milliseconds.
-
-    Returns:
-        The lowercase hex digest.
-    """
-    return hmac.new(secret.encode(), f"{ts_ms}GET/login".encode(), hashlib.sha256).hexdigest()
-
-
 def login_message(key: str, secret: str, ts_ms: int | None = None) -> dict[str, Any]:
     """Build the login request the simulator expects.
 
@@ -286,8 +256,10 @@ class SimConnection:
             ``SequenceScope.CONNECTION``).
         notices_sent: shutdown notices sent to this connection.
         cut_reason: why the simulator closed it for a limit or its age
-            (``RATE_CLOSE_REASON``, ``AGE_CLOSE_REASON``, ``SHUTDOWN_CLOSE_REASON``),
-            or None.
+            (``RATE_CLOSE_REASON``, ``AGE_CLOSE_REASON``, ``SHUTDOWN_CLOSE_REASON``,
+            or a dialect's reason), or None.
+        last_sent_at: ``time.monotonic()`` when a message was last sent to it.
+        dialect_state: what the dialect keeps about this connection.
     """
 
     def __init__(
@@ -314,6 +286,8 @@ class SimConnection:
         self.last_seq: dict[str, int] = {}
         self.notices_sent = 0
         self.cut_reason: str | None = None
+        self.last_sent_at = self.opened_at
+        self.dialect_state: Any = None
         self._ws: Any = None
         self._handles: set[asyncio.TimerHandle] = set()
         self._fragments: bytearray | None = None
@@ -341,6 +315,7 @@ class SimConnection:
         """
         if self.open:
             self._ws.send(picows.WSMsgType.TEXT, payload)
+            self.last_sent_at = time.monotonic()
 
     def send_json(self, message: Any) -> None:
         """Send ``message`` serialised as JSON in one TEXT frame (ignores silence).
@@ -516,7 +491,10 @@ class ExchangeSimulator:
         close_timeout_s: how long a CLOSE the simulator sent waits for the client's
             answer before the socket is reset.
         max_frame_size: the largest frame accepted from a client.
-        dialect: the venue protocol to speak (default: the generic one). Topics
+        dialect: the venue protocol to speak: a :class:`Dialect` value (or its
+            string) for that dialect's defaults, or a configured
+            :class:`~defi_ws.testing.dialects.VenueDialect` object, which then serves
+            only this simulator (default: the generic protocol). Topics
             (``reject_topics``, ``set_rate``, ``burst``, ``sequence_gap``, stats...)
             are the dialect's topic keys (``"btcusdt@trade"``, ``"trades:BTC-USDT"``).
         ssl_context: serve TLS (``wss://``) with this server context, e.g. one
@@ -543,7 +521,8 @@ class ExchangeSimulator:
             ``SequenceScope.CONNECTION`` (``"connection"``); see the module docstring.
 
     Attributes:
-        dialect: the venue protocol spoken.
+        dialect: the :class:`Dialect` value of the protocol spoken.
+        dialect_impl: the :class:`~defi_ws.testing.dialects.VenueDialect` speaking it.
         connections_accepted: WebSocket upgrades completed.
         tcp_accepted: TCP connections accepted (refused upgrades included).
         handshakes_rejected: upgrades refused with an HTTP error status.
@@ -584,7 +563,7 @@ class ExchangeSimulator:
         seed: int | None = 0,
         close_timeout_s: float = 1.0,
         max_frame_size: int = 1024 * 1024,
-        dialect: Dialect = Dialect.GENERIC,
+        dialect: Dialect | str | VenueDialect = Dialect.GENERIC,
         ssl_context: ssl.SSLContext | None = None,
         max_topics_per_connection: int | None = None,
         max_topics_per_message: int | None = None,
@@ -598,9 +577,15 @@ class ExchangeSimulator:
     ) -> None:
         if (api_key is None) != (api_secret is None):
             raise ValueError("api_key and api_secret go together")
-        self.dialect = Dialect(dialect)
-        if api_key is not None and self.dialect is not Dialect.GENERIC:
-            raise ValueError("login (api_key) is only supported by the GENERIC dialect")
+        #: The dialect object speaking the venue's protocol.
+        self.dialect_impl = resolve(dialect)
+        self.dialect = self.dialect_impl.kind
+        self.api_key = api_key
+        self.api_secret = api_secret
+        problems = self.dialect_impl.problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.dialect_impl.attach(self)
         if rate_per_s < 0:
             raise ValueError("rate_per_s must be >= 0")
         for name, limit in (
@@ -638,8 +623,6 @@ class ExchangeSimulator:
         self._ssl_context = ssl_context
         self._rate = float(rate_per_s)
         self._rates: dict[str, float] = {}
-        self.api_key = api_key
-        self.api_secret = api_secret
         self.reject_topics: set[str] = set(reject_topics)
         self.topic_allowed = topic_allowed
         self.close_timeout_s = close_timeout_s
@@ -851,13 +834,15 @@ class ExchangeSimulator:
         """How many times any venue limit was hit (0: the clients kept every limit).
 
         The sum of ``topic_limit_rejections``, ``oversized_subscribes``,
-        ``rate_violations`` and ``connections_rate_limited``.
+        ``rate_violations``, ``connections_rate_limited`` and the dialect's own
+        (e.g. OKX's hourly request budget).
         """
         return (
             self.topic_limit_rejections
             + self.oversized_subscribes
             + self.rate_violations
             + self.connections_rate_limited
+            + self.dialect_impl.limit_hits
         )
 
     def stats(self) -> dict[str, Any]:
@@ -893,6 +878,7 @@ class ExchangeSimulator:
             "shutdown_cuts": self.shutdown_cuts,
             "messages_withheld": self.messages_withheld,
             "stalled_connections": sorted(c.id for c in self._conns.values() if c.stalled),
+            "dialect": {"name": self.dialect.value, **self.dialect_impl.stats()},
         }
 
     async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -1005,48 +991,36 @@ class ExchangeSimulator:
                 if count:
                     self._emit(topic, count)
 
+    def _per_connection(self) -> bool:
+        return self.sequence_scope is SequenceScope.CONNECTION
+
     def _emit(self, topic: str, count: int) -> None:
         subs = list(self._subscribers.get(topic, ()))
         rng = self._rng
+        dialect = self.dialect_impl
         price = self._prices.get(topic) or 100.0 + rng.random() * 900.0
         seq = self.last_seq.get(topic, 0)
         ts = int(time.time() * 1000)
-        per_connection = self.sequence_scope is SequenceScope.CONNECTION
-        coin = self.dialect is not Dialect.GENERIC  # Binance "m", OKX "side"
+        per_connection = self._per_connection()
+        draws_side = dialect.draws_side  # Binance "m", OKX "side"
         for _ in range(count):
             skip = self._pending_gaps.pop(topic, 0)
             seq += 1 + skip
             price = max(0.01, price * (1.0 + rng.gauss(0.0, 0.0005)))
             px, qty = f"{price:.2f}", f"{rng.uniform(0.001, 2.0):.4f}"
-            flip = coin and rng.random() < 0.5
+            flip = draws_side and rng.random() < 0.5
+            event = Event(seq, price, px, qty, ts, flip, per_connection)
             if not per_connection:
                 # One bytes object for every subscriber: exact de-duplication works.
-                payload = self._payload(topic, seq, px, qty, ts, flip)
+                payload = dialect.payload(topic, seq, event)
                 for conn in subs:
-                    if conn.stalled or not conn.open:
-                        self._deliver(conn, topic, payload)  # counts a withheld message
-                        continue
-                    conn._ws.send(picows.WSMsgType.TEXT, payload)
-                    conn.messages_sent += 1
-                    self.messages_sent[topic] += 1
+                    self._deliver(conn, topic, payload)
                 continue
-            generic = self.dialect is Dialect.GENERIC
-            head = tail = b""
-            if generic:
-                # The same "data" bytes on every connection; only "seq" differs.
-                data = orjson.dumps(
-                    {"px": px, "qty": qty, "tid": _trade_hash(topic, seq), "ts": ts})
-                head = b'{"topic":' + orjson.dumps(topic) + b',"seq":'
-                tail = b',"data":' + data + b"}"
             for conn in subs:
                 if not conn.open:
                     continue
                 own = conn.last_seq[topic] = conn.last_seq.get(topic, 0) + 1 + skip
-                if generic:
-                    payload = head + str(own).encode() + tail
-                else:
-                    payload = self._payload(topic, own, px, qty, ts, flip)
-                self._deliver(conn, topic, payload)
+                self._deliver(conn, topic, dialect.payload(topic, own, event))
         self._prices[topic] = price
         self.last_seq[topic] = seq
         self._notify()
@@ -1058,48 +1032,13 @@ class ExchangeSimulator:
             conn.messages_withheld += 1
             self.messages_withheld += 1
             return
-        conn._ws.send(picows.WSMsgType.TEXT, payload)
+        data = self.dialect_impl.frame(conn, topic, payload)
+        if data is None:
+            return
+        conn._ws.send(picows.WSMsgType.TEXT, data)
+        conn.last_sent_at = time.monotonic()
         conn.messages_sent += 1
         self.messages_sent[topic] += 1
-
-    def _payload(self, topic: str, seq: int, px: str, qty: str, ts: int, flip: bool) -> bytes:
-        """One stream message of ``topic`` in the simulator's dialect.
-
-        Every field but the sequence is a function of the arguments, so one event
-        serialised for two connections differs only in its sequence fields.
-        """
-        if self.dialect is Dialect.BINANCE:
-            symbol = topic.partition("@")[0].upper()
-            return orjson.dumps(
-                {
-                    "e": "trade",
-                    "E": ts,
-                    "s": symbol,
-                    "t": seq,
-                    "p": px,
-                    "q": qty,
-                    "T": ts,
-                    "m": flip,
-                    "M": True,
-                }
-            )
-        if self.dialect is Dialect.OKX:
-            channel, _, inst_id = topic.partition(":")
-            trade = {
-                "instId": inst_id,
-                "tradeId": str(seq),
-                "px": px,
-                "sz": qty,
-                "side": "buy" if flip else "sell",
-                "ts": str(ts),
-                "count": "1",
-                "source": "0",
-                "seqId": seq,
-            }
-            return orjson.dumps({"arg": {"channel": channel, "instId": inst_id}, "data": [trade]})
-        return orjson.dumps(
-            {"topic": topic, "seq": seq, "data": {"px": px, "qty": qty, "id": seq, "ts": ts}}
-        )
 
     # ================================================================ faults
 
@@ -1399,13 +1338,7 @@ class ExchangeSimulator:
     def _send_notice(self, conn: SimConnection, cut_in_s: float) -> None:
         if self._silent or conn.half_open or not conn.open:
             return
-        if self.dialect is Dialect.BINANCE:
-            conn.send_json({"e": "serverShutdown", "E": int(time.time() * 1000)})
-        elif self.dialect is Dialect.OKX:
-            self._okx_reply(conn, {}, {"event": "notice", "code": "64008", "msg": _OKX_NOTICE_MSG})
-        else:
-            conn.send_json(
-                {"event": "notice", "type": "shutdown", "cut_in_ms": round(cut_in_s * 1000)})
+        conn.send_json(self.dialect_impl.notice(conn, cut_in_s))
         conn.notices_sent += 1
         self.shutdown_notices += 1
         self._notify()
@@ -1537,6 +1470,9 @@ class ExchangeSimulator:
             status, retry_after = self._refuse_status, remaining
         elif self._handshake_rejections:
             status, retry_after = self._handshake_rejections.popleft()
+        elif (bad_path := self.dialect_impl.upgrade_status(
+                bytes(request.path).decode("latin-1"))) is not None:
+            status = bad_path
         elif (wait_s := self._connection_rate_wait(peer_ip)) is not None:
             status, retry_after = 429, max(1.0, wait_s)
             self.connections_rate_limited += 1
@@ -1582,10 +1518,12 @@ class ExchangeSimulator:
                     age_s - self.notice_before_s,
                     functools.partial(self._send_notice, conn, self.notice_before_s),
                 )
+        self.dialect_impl.opened(conn)
         self._notify()
 
     def _on_disconnected(self, conn: SimConnection) -> None:
         conn._cancel_timers()
+        self.dialect_impl.closed(conn)
         self._sent_by_gone[conn.id] = conn.messages_sent
         self._conns.pop(conn.id, None)
         for topic in conn.topics:
@@ -1630,8 +1568,9 @@ class ExchangeSimulator:
             self._pong(conn, lambda: ws.send_pong(payload))
             return
         if msg_type == picows.WSMsgType.PONG:
-            if self.rate_counts_control_frames:
-                self._inbound_allowed(conn)
+            if self.rate_counts_control_frames and not self._inbound_allowed(conn):
+                return
+            self.dialect_impl.pong(conn, frame.get_payload_as_bytes())
             return
         if msg_type == picows.WSMsgType.CLOSE:
             raw = frame.get_payload_as_bytes()
@@ -1692,93 +1631,20 @@ class ExchangeSimulator:
         if conn.cut_reason == RATE_CLOSE_REASON:
             return
         self.rate_violations += 1
-        if self.dialect is Dialect.OKX:
-            self._okx_error(conn, {}, "60014", "Requests too frequent.")
+        self.dialect_impl.rate_violation(conn)
         conn.cut_reason = RATE_CLOSE_REASON
         conn.close(RATE_CLOSE_CODE, RATE_CLOSE_REASON)
         self._notify()
 
     def _on_message(self, conn: SimConnection, data: bytes) -> None:
-        if self.dialect is Dialect.BINANCE:
-            self._binance_message(conn, data)
-            return
-        if data == b"ping":
-            self.pings_received += 1
-            conn.pings_received += 1
-            self._pong(conn, lambda: conn.send_text(b"pong"))
-            return
-        if self.dialect is Dialect.OKX:
-            self._okx_message(conn, data)
-            return
-        try:
-            request = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._reply(conn, {"event": "error", "msg": "invalid JSON"})
-            return
-        op = request.get("op") if isinstance(request, dict) else None
-        args = request.get("args") if isinstance(request, dict) else None
-        if op == "ping":
-            self.pings_received += 1
-            conn.pings_received += 1
-            self._pong(conn, lambda: conn.send_json({"event": "pong"}))
-        elif op == "login":
-            self._login(conn, args)
-        elif op in ("subscribe", "unsubscribe"):
-            if not isinstance(args, list) or not all(isinstance(t, str) for t in args):
-                self._reply(conn, {"event": "error", "msg": "args must be a list of topics"})
-            elif op == "subscribe":
-                self._subscribe(conn, args)
-            else:
-                self._unsubscribe(conn, args)
-        else:
-            self._reply(conn, {"event": "error", "msg": f"unknown op: {op!r}"})
+        self.dialect_impl.message(conn, data)
 
-    def _login(self, conn: SimConnection, args: Any) -> None:
-        ok, detail = True, ""
-        if self._reject_auth:
-            ok, detail = False, "login rejected"
-        elif self.api_key is not None and self.api_secret is not None:
-            if not isinstance(args, dict) or not isinstance(args.get("ts"), int):
-                ok, detail = False, "malformed login"
-            elif args.get("key") != self.api_key:
-                ok, detail = False, "invalid key"
-            else:
-                expected = login_signature(self.api_secret, args["ts"])
-                if not hmac.compare_digest(str(args.get("sig", "")), expected):
-                    ok, detail = False, "invalid signature"
-        if ok:
-            self.logins_ok += 1
-            conn.logged_in = True
-            self._reply(conn, {"event": "login", "success": True})
-        else:
-            self.logins_failed += 1
-            self._reply(conn, {"event": "login", "success": False, "msg": detail})
-        self._notify()
+    # ---------------------------------------------------------- services for dialects
 
-    def _subscribe(self, conn: SimConnection, topics: list[str]) -> None:
-        auth_on = self.api_key is not None
-        if auth_on and conn.login_before_subscribe is None:
-            conn.login_before_subscribe = conn.logged_in
-            if not conn.logged_in:
-                self.subscribe_before_login += 1
-        if self._too_many_in_message(len(topics)):
-            msg = "too many topics in one message"
-            for topic in topics:
-                self._reply(conn, {"event": "error", "topic": topic, "msg": msg})
-            self._notify()
-            return
-        for topic in topics:
-            if auth_on and not conn.logged_in:
-                self._reply(conn, {"event": "error", "topic": topic, "msg": "login required"})
-            elif self._refused(topic):
-                self._reply(conn, {"event": "error", "topic": topic, "msg": "unknown topic"})
-            elif self._connection_full(conn, [topic]):
-                self._reply(conn, {"event": "error", "topic": topic,
-                                   "msg": "too many topics on this connection"})
-            else:
-                self._add_topic(conn, topic)
-                self._reply(conn, {"event": "subscribed", "topic": topic})
-        self._notify()
+    def _ping_received(self, conn: SimConnection) -> None:
+        """Count an application-level ping."""
+        self.pings_received += 1
+        conn.pings_received += 1
 
     def _too_many_in_message(self, count: int) -> bool:
         """Whether a subscribe of ``count`` topics breaks ``max_topics_per_message``
@@ -1823,120 +1689,6 @@ class ExchangeSimulator:
         subs = self._subscribers.get(topic)
         if subs is not None:
             subs.discard(conn)
-
-    # ---------------------------------------------------------------- Binance dialect
-
-    def _binance_message(self, conn: SimConnection, data: bytes) -> None:
-        try:
-            request = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            self._binance_error(conn, None, 3, f"Invalid JSON: {exc}")
-            return
-        if not isinstance(request, dict):
-            self._binance_error(conn, None, 2, "Invalid request: expected an object")
-            return
-        req_id = request.get("id")
-        id_ok = (
-            req_id is None
-            or (isinstance(req_id, str) and len(req_id) <= 36)
-            or (isinstance(req_id, int) and not isinstance(req_id, bool) and 0 <= req_id < 2**64)
-        )
-        if not id_ok:
-            self._binance_error(
-                conn, None, 2, "Invalid request: request ID must be an unsigned integer"
-            )
-            return
-        method = request.get("method")
-        params = request.get("params", [])
-        if method == "LIST_SUBSCRIPTIONS":
-            self._reply(conn, {"result": sorted(conn.topics), "id": req_id})
-        elif method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            self._binance_error(conn, req_id, 2, f"Invalid request: unknown method {method!r}")
-        elif not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            self._binance_error(conn, req_id, 2, "Invalid request: params must be stream names")
-        elif method == "UNSUBSCRIBE":
-            for stream in params:
-                self._remove_topic(conn, stream)
-            self._reply(conn, {"result": None, "id": req_id})
-        elif any(not _BINANCE_STREAM.fullmatch(s) or self._refused(s) for s in params):
-            # Binance refuses the whole request when one stream is invalid.
-            self._binance_error(conn, req_id, 2, "Invalid request: invalid stream")
-        elif self._too_many_in_message(len(params)):
-            self._binance_error(conn, req_id, 2, "Invalid request: too many streams in one request")
-        elif self._connection_full(conn, params):
-            self._binance_error(
-                conn, req_id, 2, "Invalid request: too many streams on this connection")
-        else:
-            for stream in params:
-                self._add_topic(conn, stream)
-            self._reply(conn, {"result": None, "id": req_id})
-        self._notify()
-
-    def _binance_error(self, conn: SimConnection, req_id: Any, code: int, msg: str) -> None:
-        self._reply(conn, {"error": {"code": code, "msg": msg}, "id": req_id})
-
-    # ---------------------------------------------------------------- OKX dialect
-
-    def _okx_message(self, conn: SimConnection, data: bytes) -> None:
-        try:
-            request = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            request = None
-        head: dict[str, Any] = {}
-        if isinstance(request, dict) and isinstance(request.get("id"), str):
-            head["id"] = request["id"]  # OKX echoes the request id first
-        op = request.get("op") if isinstance(request, dict) else None
-        args = request.get("args") if isinstance(request, dict) else None
-        well_formed = (
-            op in ("subscribe", "unsubscribe")
-            and isinstance(args, list)
-            and bool(args)
-            and all(
-                isinstance(a, dict)
-                and isinstance(a.get("channel"), str)
-                and isinstance(a.get("instId"), str)
-                for a in args
-            )
-        )
-        if not well_formed:
-            text = data.decode("utf-8", "replace")
-            self._okx_error(conn, head, "60012", f"Invalid request: {text}")
-            return
-        assert isinstance(args, list)
-        if op == "subscribe" and self._too_many_in_message(len(args)):
-            self._okx_error(conn, head, "60012", "Invalid request: too many args in one request")
-            self._notify()
-            return
-        for arg in args:
-            channel, inst_id = arg["channel"], arg["instId"]
-            topic = f"{channel}:{inst_id}"
-            echo = {"channel": channel, "instId": inst_id}
-            if op == "unsubscribe":
-                self._remove_topic(conn, topic)
-                self._okx_reply(conn, head, {"event": "unsubscribe", "arg": echo})
-            elif (
-                channel not in _OKX_CHANNELS
-                or not _OKX_INST_ID.fullmatch(inst_id)
-                or self._refused(topic)
-            ):
-                msg = (
-                    f"Wrong URL or channel:{channel},instId:{inst_id} doesn't exist. Please "
-                    "use the correct URL, channel and parameters referring to API document."
-                )
-                self._okx_error(conn, head, "60018", msg)
-            elif self._connection_full(conn, [topic]):
-                self._okx_error(
-                    conn, head, "60012", "Invalid request: too many channels on this connection")
-            else:
-                self._add_topic(conn, topic)
-                self._okx_reply(conn, head, {"event": "subscribe", "arg": echo})
-        self._notify()
-
-    def _okx_reply(self, conn: SimConnection, head: dict[str, Any], body: dict[str, Any]) -> None:
-        self._reply(conn, {**head, **body, "connId": _okx_conn_id(conn.id)})
-
-    def _okx_error(self, conn: SimConnection, head: dict[str, Any], code: str, msg: str) -> None:
-        self._okx_reply(conn, head, {"event": "error", "code": code, "msg": msg})
 
 
 # ==================================================================== CLI

@@ -1,0 +1,189 @@
+"""What the simulator core asks of a venue dialect: :class:`VenueDialect`.
+
+:class:`~defi_ws.testing.simulator.ExchangeSimulator` owns everything venues share
+(sockets, upgrades, faults, inbound-rate and connection-rate limits, connection age,
+per-topic sequences, stats). A dialect owns one venue's wire protocol: which upgrade
+paths mean what, how (un)subscribe requests are parsed and answered, errors,
+heartbeats, shutdown notices and the shape of stream messages. Every dialect maps a
+subscription to one string *topic key* per stream (``"trades.BTC"``,
+``"btcusdt@trade"``, ``"trades:BTC-USDT"``); rates, sequences, faults and stats are
+per key.
+
+A dialect instance serves one simulator (:meth:`VenueDialect.attach`); it reaches the
+core's shared services (replies that respect faults, topic bookkeeping, limit checks)
+through ``self.sim``. The core calls, per connection::
+
+    upgrade_status(path) -> opened(conn) -> message(conn, data)... / pong(conn, payload)
+    -> [rate_violation(conn)] -> closed(conn)
+
+and, per stream event, :meth:`VenueDialect.payload` once (or once per connection with
+``SequenceScope.CONNECTION``) then :meth:`VenueDialect.frame` per subscriber.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
+
+__all__ = ["Dialect", "Event", "VenueDialect", "trade_hash"]
+
+
+class Dialect(enum.Enum):
+    """The wire protocol an :class:`~defi_ws.testing.simulator.ExchangeSimulator` speaks.
+
+    Each value maps to a :class:`VenueDialect` in ``defi_ws.testing.dialects``
+    (:meth:`implementation`); pass an instance instead of the enum to configure it.
+    """
+
+    #: defi-ws' generic JSON protocol (what :class:`~defi_ws.handler.JsonHandler` speaks).
+    GENERIC = "generic"
+    #: Binance spot market streams: ``SUBSCRIBE`` by id, raw ``trade`` events.
+    BINANCE = "binance"
+    #: OKX v5 public channels: per-arg acks, ``trades`` pushes, text ``ping``/``pong``.
+    OKX = "okx"
+    #: Binance USD-M futures market streams (``/public``, ``/market`` endpoints).
+    BINANCE_USDM = "binance-usdm"
+
+    def implementation(self) -> VenueDialect:
+        """A new dialect object with this value's defaults.
+
+        ``GENERIC``, ``BINANCE`` and ``OKX`` keep the behaviour they always had (Binance
+        spot: ``trade`` streams only, no server pings; OKX: ``trades`` only, no login);
+        configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
+        :class:`~defi_ws.testing.dialects.OkxDialect` for more.
+        """
+        from defi_ws.testing.dialects import binance, generic, okx
+
+        if self is Dialect.GENERIC:
+            return generic.GenericDialect()
+        if self is Dialect.BINANCE:
+            return binance.BinanceDialect()
+        if self is Dialect.BINANCE_USDM:
+            return binance.BinanceDialect(product=binance.Product.USDM,
+                                          channels=binance.ALL_CHANNELS)
+        return okx.OkxDialect()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One generated market event, before a dialect gives it its venue's shape.
+
+    Every field is a function of the simulator's random stream and the event number,
+    so one event serialised for two connections differs only in its sequence fields.
+
+    Attributes:
+        number: the event's number in its topic (global to the simulator).
+        price: the price as a float (books derive their levels from it).
+        px: the price, formatted.
+        qty: the size, formatted.
+        ts: the event time in ms since the epoch.
+        flip: a coin flip (the taker side), drawn only by dialects that need one.
+        per_connection: whether sequence fields are numbered per connection
+            (``SequenceScope.CONNECTION``).
+    """
+
+    number: int
+    price: float
+    px: str
+    qty: str
+    ts: int
+    flip: bool
+    per_connection: bool
+
+
+def trade_hash(topic: str, event: int) -> str:
+    """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
+    return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
+
+
+class VenueDialect:
+    """The venue-specific half of the simulator; subclass it for a venue.
+
+    Attributes:
+        kind: the :class:`Dialect` value this class implements.
+        draws_side: whether the stream generator draws :attr:`Event.flip` (kept per
+            dialect so seeded streams stay what they were).
+        supports_login: whether the core's ``api_key``/``api_secret`` login applies.
+    """
+
+    kind: Dialect
+    draws_side: ClassVar[bool] = True
+    supports_login: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._sim: ExchangeSimulator | None = None
+
+    @property
+    def sim(self) -> ExchangeSimulator:
+        """The simulator this dialect serves."""
+        if self._sim is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a simulator")
+        return self._sim
+
+    def attach(self, sim: ExchangeSimulator) -> None:
+        """Serve ``sim`` (once: a dialect object holds per-simulator state).
+
+        Raises:
+            ValueError: the dialect already serves another simulator.
+        """
+        if self._sim is not None and self._sim is not sim:
+            raise ValueError(f"this {type(self).__name__} already serves another simulator; "
+                             "give each simulator its own dialect object")
+        self._sim = sim
+
+    @property
+    def limit_hits(self) -> int:
+        """How many times a limit only this dialect enforces was hit."""
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        """The dialect's own counters (JSON-serialisable)."""
+        return {}
+
+    def problems(self, sim: ExchangeSimulator) -> list[str]:
+        """Simulator options this dialect cannot honour (empty when all are fine)."""
+        if sim.api_key is not None and not self.supports_login:
+            return [f"login (api_key) is only supported by the GENERIC dialect, "
+                    f"not {self.kind.name}"]
+        return []
+
+    # ------------------------------------------------------------ connections
+
+    def upgrade_status(self, path: str) -> int | None:
+        """None to accept an upgrade to ``path`` (query included), else an HTTP status."""
+        return None
+
+    def opened(self, conn: SimConnection) -> None:
+        """An upgrade to ``conn.path`` was accepted (path subscriptions, timers)."""
+
+    def closed(self, conn: SimConnection) -> None:
+        """``conn`` is gone (its timers are already cancelled)."""
+
+    def message(self, conn: SimConnection, data: bytes) -> None:
+        """One text or binary message from the client (within the rate limit)."""
+        raise NotImplementedError
+
+    def pong(self, conn: SimConnection, payload: bytes) -> None:
+        """A PONG frame from the client."""
+
+    def rate_violation(self, conn: SimConnection) -> None:
+        """``conn`` broke the inbound rate; the core closes it with 1008 after this."""
+
+    # ------------------------------------------------------------ server messages
+
+    def notice(self, conn: SimConnection, cut_in_s: float) -> Any:
+        """The shutdown notice for ``conn``, as a JSON-serialisable object."""
+        raise NotImplementedError
+
+    def payload(self, topic: str, seq: int, event: Event) -> bytes:
+        """One stream message of ``topic`` numbered ``seq``, serialised."""
+        raise NotImplementedError
+
+    def frame(self, conn: SimConnection, topic: str, payload: bytes) -> bytes | None:
+        """What ``conn`` is sent for ``payload`` (e.g. an envelope); None sends nothing."""
+        return payload

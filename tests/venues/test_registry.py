@@ -1,0 +1,53 @@
+"""``defi_ws.venues``: the adapter registry and ``venue:topic`` specs (for the CLI)."""
+
+from __future__ import annotations
+
+import pytest
+
+from defi_ws.heartbeat import TextPing, WsPing
+from defi_ws.venues import ADAPTERS, BinanceSpot, BinanceUsdm, Okx, adapter_for, parse_spec
+from defi_ws.venues.binance import UsdmEndpoint
+
+
+def test_registry_names_every_adapter() -> None:
+    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx}
+    for name, adapter in ADAPTERS.items():
+        assert adapter.venue == name
+        assert adapter.limits.problems() == []
+
+
+def test_binance_specs() -> None:
+    handler, topics = adapter_for("binance:btcusdt@trade")
+    assert isinstance(handler, BinanceSpot) and topics == ["btcusdt@trade"]
+    assert isinstance(handler.heartbeat, WsPing)
+    spec = " Binance:BTCUSDT@aggTrade, ethusdt@depth@100ms,btcusdt@aggTrade "
+    handler, topics = adapter_for(spec, url="ws://127.0.0.1:9/stream")
+    assert topics == ["btcusdt@aggTrade", "ethusdt@depth@100ms"]  # lowercased, deduplicated
+    assert handler.url(0) == "ws://127.0.0.1:9/stream"
+
+
+def test_usdm_specs_pick_the_endpoint() -> None:
+    handler, topics = adapter_for("binance-usdm:btcusdt@depth@100ms,ethusdt@bookTicker")
+    assert topics == ["btcusdt@depth@100ms", "ethusdt@bookTicker"]
+    assert isinstance(handler, BinanceUsdm) and handler.endpoint is UsdmEndpoint.PUBLIC
+    assert handler.url(0) == "wss://fstream.binance.com/public/stream"
+    handler, _ = adapter_for("binance-usdm:btcusdt@markPrice@1s")
+    assert handler.endpoint is UsdmEndpoint.MARKET
+    with pytest.raises(ValueError, match="different endpoints"):
+        adapter_for("binance-usdm:btcusdt@depth,btcusdt@aggTrade")
+    handler, _ = adapter_for("binance-usdm:btcusdt@aggTrade", endpoint="market", combined=False)
+    assert handler.url(0) == "wss://fstream.binance.com/market/ws"
+
+
+def test_okx_specs_keep_topics_with_colons_and_commas() -> None:
+    handler, topics = adapter_for("okx:trades:BTC-USDT,bbo-tbt:ETH-USDT")
+    assert isinstance(handler, Okx) and topics == ["trades:BTC-USDT", "bbo-tbt:ETH-USDT"]
+    assert isinstance(handler.heartbeat, TextPing)
+    assert parse_spec("okx:orders:instType=SPOT,instId=BTC-USDT,account,trades:X-Y") == (
+        "okx", ["orders:instType=SPOT,instId=BTC-USDT", "account", "trades:X-Y"])
+
+
+@pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
+def test_bad_specs_say_what_is_expected(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"binance|topic"):
+        adapter_for(spec)
