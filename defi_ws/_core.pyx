@@ -584,6 +584,17 @@ cdef extern from *:
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
+    /* Whether a[:n] == b[:n]: a byte loop for the short rest of a key (a libc call
+       costs more than the compare), memcmp beyond. */
+    static inline int dw_equal(const uint8_t* a, const uint8_t* b, Py_ssize_t n) {
+        if (n > 16)
+            return memcmp(a, b, (size_t)n) == 0;
+        for (Py_ssize_t j = 0; j < n; j++)
+            if (a[j] != b[j])
+                return 0;
+        return 1;
+    }
+
     static inline Py_ssize_t dw_find_key(const uint8_t* p, Py_ssize_t n, const char* key_,
                                          Py_ssize_t k, Py_ssize_t start) {
         const uint8_t* key = (const uint8_t*)key_;
@@ -599,7 +610,7 @@ cdef extern from *:
             unsigned int mask = (unsigned int)_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
             while (mask) {
                 Py_ssize_t at = i + __builtin_ctz(mask);
-                if (k == 3 || memcmp(p + at + 2, key + 2, (size_t)(k - 3)) == 0)
+                if (dw_equal(p + at + 2, key + 2, k - 3))
                     return at;
                 mask &= mask - 1;
             }
@@ -607,10 +618,75 @@ cdef extern from *:
     #endif
         for (; i + k <= n; i++) {
             if (p[i] == c0 && p[i + 1] == c1 && p[i + k - 1] == last
-                    && memcmp(p + i + 2, key + 2, (size_t)(k - 3)) == 0)
+                    && dw_equal(p + i + 2, key + 2, k - 3))
                 return i;
         }
         return -1;
+    }
+
+    /* Offset of the closing quote of the JSON string opening at p[i], or -1 (cut off).
+       A backslash escapes the byte after it. SSE2: 16 bytes per step while neither a
+       quote nor a backslash is among them. */
+    static inline Py_ssize_t dw_string_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) {
+        i += 1;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8(0x5C);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + i));
+            unsigned int mask = (unsigned int)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)));
+            if (mask == 0) {
+                i += 16;
+                continue;
+            }
+            i += __builtin_ctz(mask);
+            if (p[i] == '"')
+                return i;
+            i += 2;
+        }
+    #endif
+        while (i < n) {
+            if (p[i] == 0x5C)
+                i += 2;
+            else if (p[i] == '"')
+                return i;
+            else
+                i++;
+        }
+        return -1;
+    }
+
+    /* A seeded 64-bit hash of a short key (a conflation key: a symbol or stream name):
+       overlapping 8-byte loads folded by 64x64->128 multiplies up to 32 bytes, XXH64
+       above. Keys are compared in full on a hash match, so this only spreads them. */
+    static inline uint64_t dw_key_hash(const uint8_t* p, size_t len, uint64_t seed) {
+    #if defined(__SIZEOF_INT128__)
+        uint64_t a, b;
+        __uint128_t m;
+        if (len > 32)
+            return dw_xxh64(p, len, seed);
+        if (len > 16) {
+            m = (__uint128_t)(dw_read64(p) ^ seed ^ DW_P3) * (dw_read64(p + 8) ^ DW_P4);
+            seed = (uint64_t)m ^ (uint64_t)(m >> 64);
+            a = dw_read64(p + len - 16);
+            b = dw_read64(p + len - 8);
+        } else if (len >= 8) {
+            a = dw_read64(p);
+            b = dw_read64(p + len - 8);
+        } else if (len >= 4) {
+            a = dw_read32(p);
+            b = dw_read32(p + len - 4);
+        } else if (len > 0) {
+            a = ((uint64_t)p[0] << 16) | ((uint64_t)p[len >> 1] << 8) | p[len - 1];
+            b = 0;
+        } else {
+            a = b = 0;
+        }
+        m = (__uint128_t)(a ^ seed ^ DW_P1) * (b ^ (uint64_t)len ^ DW_P2);
+        return (uint64_t)m ^ (uint64_t)(m >> 64);
+    #else
+        return dw_xxh64(p, len, seed);
+    #endif
     }
 
     /* Read the decimal digits at p[i:] into *out (0 <= value <= 2**63 - 1). Returns the
@@ -652,6 +728,9 @@ cdef extern from *:
     Py_ssize_t parse_digits "dw_parse_digits"(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
                                               int64_t* out) noexcept nogil
     uint64_t xxh64 "dw_xxh64"(const void* data, size_t length, uint64_t seed) noexcept nogil
+    uint64_t key_hash "dw_key_hash"(const uint8_t* p, size_t length, uint64_t seed) noexcept nogil
+    Py_ssize_t string_end "dw_string_end"(const uint8_t* p, Py_ssize_t n,
+                                          Py_ssize_t i) noexcept nogil
     Py_ssize_t find_key "dw_find_key"(const uint8_t* p, Py_ssize_t n, const char* key,
                                       Py_ssize_t k, Py_ssize_t start) noexcept nogil
 
@@ -747,15 +826,7 @@ cdef inline bint _parse_id(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
 
 cdef inline Py_ssize_t _string_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """Offset of the closing quote of the JSON string opening at ``p[i]``, or -1."""
-    i += 1
-    while i < n:
-        if p[i] == CH_BACKSLASH:
-            i += 2
-        elif p[i] == CH_QUOTE:
-            return i
-        else:
-            i += 1
-    return -1
+    return string_end(p, n, i)
 
 
 cdef inline Py_ssize_t _value_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
@@ -2018,7 +2089,7 @@ cdef class FeedListener(WSListener):
         if end < 0:
             return 0
         klen = end - pos
-        h = xxh64(p + pos, <size_t>klen, self._key_seed)
+        h = key_hash(p + pos, <size_t>klen, self._key_seed)
         if 2 * (self._keys_used + 1) > self._keys_mask + 1:
             self._grow_keys()
         slot = <Py_ssize_t>(h & <uint64_t>self._keys_mask)

@@ -163,6 +163,23 @@ def test_keys_are_raw_values_compared_exactly() -> None:
     assert listener.conflated == 5
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(range(6)), st.integers(0, 3)), min_size=1,
+                max_size=30),
+       st.lists(st.text(alphabet=st.sampled_from('ab"\\/\u00e9\u4e2d\x01 '), max_size=40),
+                min_size=6, max_size=6, unique=True))
+def test_string_keys_with_escapes_are_told_apart(plan: list[tuple[int, int]],
+                                                 names: list[str]) -> None:
+    """Keys are the raw JSON strings: escapes, long keys (SIMD and hash paths) included."""
+    listener, rec = make("k", decode=orjson.loads)
+    payloads = [orjson.dumps({"pad": "x" * pad, "k": names[key], "n": n})
+                for n, (key, pad) in enumerate(plan)]
+    feed_read(listener, payloads)
+    newest = {names[key]: n for n, (key, _) in enumerate(plan)}
+    assert [(m["k"], m["n"]) for m in rec.got] == sorted(newest.items(), key=lambda kv: kv[1])
+    assert listener.conflated == len(plan) - len(newest)
+
+
 def test_many_keys_in_one_read() -> None:
     listener, rec = make(decode=orjson.loads)
     keys = [f"K{i}" for i in range(3000)]
