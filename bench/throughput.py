@@ -29,6 +29,7 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,10 +75,15 @@ def trade_frames(count: int = FRAMES_PER_BUFFER) -> bytes:
 # ------------------------------------------------------------------------ server
 
 
-def serve(port_conn: Any, cpu: int | None) -> None:
-    """The blast server process: upgrade, then write the buffer until the peer leaves."""
+def serve(port_conn: Any, cpu: int | None, make_buffer: Callable[[], bytes] | None = None,
+          prefix: Callable[[int], bytes] | None = None) -> None:
+    """The blast server process: upgrade, then write the buffer until the peer leaves.
+
+    ``make_buffer`` builds the frames written in a loop (default: ~15 MB of trades);
+    ``prefix(k)``, if given, is written before the k-th copy of the buffer.
+    """
     pin(cpu)
-    buf = trade_frames() * 16  # ~15 MB per write
+    buf = make_buffer() if make_buffer is not None else trade_frames() * 16  # ~15 MB
 
     async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Client frames are masked; only PING (answered) and CLOSE (ends) matter.
@@ -104,9 +110,13 @@ def serve(port_conn: Any, cpu: int | None) -> None:
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         pings = asyncio.ensure_future(answer_pings(reader, writer))
+        written = 0
         try:
             while not pings.done():
+                if prefix is not None:
+                    writer.write(prefix(written))
                 writer.write(buf)
+                written += 1
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
