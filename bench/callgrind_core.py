@@ -5,7 +5,8 @@ instruction counts do not. Each mode runs twice under ``valgrind --tool=callgrin
 (N and N + extra messages); the difference divided by ``extra`` is the cost of one
 message, start-up excluded.
 
-    python bench/callgrind_core.py [--python OTHER_PYTHON] [--extra 20000] [--mode dedup]
+    python bench/callgrind_core.py [--python OTHER_PYTHON] [--extra 20000]
+        [--mode frame|dedup|conflated|all]
 
 ``--python`` also counts another interpreter's build (e.g. a checkout of an older
 commit with its own venv) in the same run and prints the ratio.
@@ -25,6 +26,13 @@ frame of each copy (parsing it, and the socket and TLS work of each connection).
 ``per_message_forked`` (used by ``bench/perf_guard.py``, ``make perf-guard``) counts
 several listeners in one valgrind run: imports once, then each in a child forked from the
 same state, only inside ``feed`` and only the messages between two dump markers.
+
+``--mode conflated`` measures conflation: 130 B combined-stream book tickers of 10 keys
+round-robin, fed as reads of ``R`` frames (``last_in_buffer`` on every R-th), through a
+listener with ``conflate_field="stream"`` + orjson + callback, against the same listener
+without conflation; instructions per *received* message. ``feed()`` copies a waiting
+payload into the listener's buffer (its caller's buffer is gone after the call); over
+picows the payload stays in the receive buffer, so this slightly over-counts.
 """
 
 from __future__ import annotations
@@ -124,6 +132,55 @@ else:
 if with_dedup:
     assert dedup.delivered == n and dedup.duplicates == (k - 1) * n, dedup.duplicates
 """
+
+
+CONFLATED_MODES = {
+    "orjson.loads + callback, no conflation": ("FeedListener(sink)", 1),
+    "conflate_field, reads of 10 (1 per key)": ('FeedListener(sink, conflate_field="stream")', 10),
+    "conflate_field, reads of 100 (10 per key)": (
+        'FeedListener(sink, conflate_field="stream")', 100),
+    "conflate_field, reads of 500 (50 per key)": (
+        'FeedListener(sink, conflate_field="stream")', 500),
+    "count-only, no conflation": ("FeedListener(None, decode=None)", 1),
+}
+
+CONFLATED_SCRIPT = r"""
+import sys
+sys.path.insert(0, {bench!r})
+from conflation import book_ticker_payloads
+from defi_ws._core import FeedListener
+
+def sink(message):
+    message["data"]["b"]
+
+listener = {factory}
+payloads = book_ticker_payloads(10, 50)   # 500 messages, 10 keys round-robin
+feed = listener.feed
+n = int(sys.argv[1])
+ends = [(i + 1) % {read} == 0 for i in range(500)]
+for i in range(n):
+    j = i % 500
+    feed(1, payloads[j], True, 0, ends[j])
+listener.flush()
+assert listener.messages + listener.conflated == n, listener.messages
+assert listener.decode_errors == 0 and listener.callback_errors == 0
+"""
+
+
+def conflated_table(args: argparse.Namespace) -> None:
+    rows = []
+    base: dict[bool, float] = {}
+    for name, (factory, read) in CONFLATED_MODES.items():
+        script = CONFLATED_SCRIPT.replace("{read}", str(read))
+        row = [name]
+        for inside in (False, True):
+            value = per_message(sys.executable, factory, args.extra, script, inside)
+            first = base.setdefault(inside, value)
+            row += [f"{value:,.0f}", f"{first / value:.2f}x"]
+        rows.append(row)
+    print()
+    table(["conflation (130 B book ticker, 10 keys, feed())", "instr/received msg",
+           "vs no conflation", "inside the listener", "vs no conflation"], rows)
 
 
 # Only what runs inside FeedListener.feed (its Cython wrapper, callees included).
@@ -273,12 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", help="another interpreter to compare against")
     parser.add_argument("--extra", type=int, default=20000)
-    parser.add_argument("--mode", choices=("frame", "dedup", "all"), default="frame",
-                        help="frame: decode paths (default); dedup: hot-hot redundancy")
+    parser.add_argument("--mode", choices=("frame", "dedup", "conflated", "all"),
+                        default="frame", help="frame: decode paths (default); dedup: "
+                        "hot-hot redundancy; conflated: conflation per received message")
     args = parser.parse_args(argv)
     if args.mode in ("dedup", "all"):
         dedup_table(args)
-    if args.mode == "dedup":
+    if args.mode in ("conflated", "all"):
+        conflated_table(args)
+    if args.mode in ("dedup", "conflated"):
         return 0
     rows = []
     for name, factory in MODES.items():

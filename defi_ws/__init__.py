@@ -21,6 +21,7 @@ from defi_ws.errors import (
 from defi_ws.handler import (
     Ack,
     AuthReply,
+    ConflateSpec,
     DedupSpec,
     ExchangeHandler,
     JsonHandler,
@@ -51,6 +52,7 @@ __all__ = [
     "Ack",
     "AuthReply",
     "ConfigError",
+    "ConflateSpec",
     "ConnectError",
     "ConnectOptions",
     "Connection",

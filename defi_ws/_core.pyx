@@ -33,6 +33,19 @@ Redundant connections: listeners given one shared :class:`Deduplicator` drop a d
 message another connection already delivered, from a key read out of the raw bytes
 (an id field, a hash of one field's value, or a Python hook) before any view is made
 or anything decoded. Without one, the check costs a pointer test per message.
+
+Conflation (state-like streams: book tickers, mark prices): a listener given a key (the
+raw value of a JSON field, read with the same field finder, or a Python hook) keeps,
+within one socket read, only the newest message per key pending and delivers the
+pending messages at the end of the read, in the order of their arrival; superseded ones
+are counted and never decoded. Pending payloads stay where picows parsed them: picows
+2.3.1 parses and delivers every frame of a read out of one receive buffer and moves or
+grows that buffer only before the first frame and after the last one of the read
+(``_process_new_data``), so a pointer into it stays valid until the frame picows marks
+``last_in_buffer``. Frames picows answers itself (a PING under auto-pong) never reach the
+listener, so a frame followed by a control frame ends the batch too. Payloads given to
+:meth:`FeedListener.feed` with ``last_in_buffer=False`` are copied into a buffer the
+listener owns.
 """
 
 cimport cython
@@ -122,6 +135,7 @@ cdef enum:
 STAGE_DECODE = "decode"
 STAGE_CALLBACK = "callback"
 STAGE_CONTROL = "control"
+STAGE_CONFLATE = "conflate"
 
 # What to do when decode or the user's callback raises.
 ERROR_POLICY_CONTINUE = 0
@@ -131,6 +145,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 cdef enum:
     _SHRINK_ABOVE = 1024 * 1024     # reassembly/scratch buffers above this are given back
     _SCRATCH_CAPACITY = 4096        # initial copy buffer of single-frame payloads
+    _MAX_PENDING = 65536            # pending conflated messages before a forced flush
+    _ARENA_LIMIT = 4 * 1024 * 1024  # copied pending payloads before a forced flush
 DEF MAX_CONTROL_PREFIXES = 8
 _MASK_POOL_SIZE = 4096
 
@@ -571,6 +587,17 @@ cdef extern from *:
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
+    /* Whether a[:n] == b[:n]: a byte loop for the short rest of a key (a libc call
+       costs more than the compare), memcmp beyond. */
+    static inline int dw_equal(const uint8_t* a, const uint8_t* b, Py_ssize_t n) {
+        if (n > 16)
+            return memcmp(a, b, (size_t)n) == 0;
+        for (Py_ssize_t j = 0; j < n; j++)
+            if (a[j] != b[j])
+                return 0;
+        return 1;
+    }
+
     static inline Py_ssize_t dw_find_key(const uint8_t* p, Py_ssize_t n, const char* key_,
                                          Py_ssize_t k, Py_ssize_t start) {
         const uint8_t* key = (const uint8_t*)key_;
@@ -586,7 +613,7 @@ cdef extern from *:
             unsigned int mask = (unsigned int)_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(a, b), c));
             while (mask) {
                 Py_ssize_t at = i + __builtin_ctz(mask);
-                if (k == 3 || memcmp(p + at + 2, key + 2, (size_t)(k - 3)) == 0)
+                if (dw_equal(p + at + 2, key + 2, k - 3))
                     return at;
                 mask &= mask - 1;
             }
@@ -594,10 +621,75 @@ cdef extern from *:
     #endif
         for (; i + k <= n; i++) {
             if (p[i] == c0 && p[i + 1] == c1 && p[i + k - 1] == last
-                    && memcmp(p + i + 2, key + 2, (size_t)(k - 3)) == 0)
+                    && dw_equal(p + i + 2, key + 2, k - 3))
                 return i;
         }
         return -1;
+    }
+
+    /* Offset of the closing quote of the JSON string opening at p[i], or -1 (cut off).
+       A backslash escapes the byte after it. SSE2: 16 bytes per step while neither a
+       quote nor a backslash is among them. */
+    static inline Py_ssize_t dw_string_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) {
+        i += 1;
+    #if defined(__SSE2__)
+        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8(0x5C);
+        while (i + 16 <= n) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + i));
+            unsigned int mask = (unsigned int)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)));
+            if (mask == 0) {
+                i += 16;
+                continue;
+            }
+            i += __builtin_ctz(mask);
+            if (p[i] == '"')
+                return i;
+            i += 2;
+        }
+    #endif
+        while (i < n) {
+            if (p[i] == 0x5C)
+                i += 2;
+            else if (p[i] == '"')
+                return i;
+            else
+                i++;
+        }
+        return -1;
+    }
+
+    /* A seeded 64-bit hash of a short key (a conflation key: a symbol or stream name):
+       overlapping 8-byte loads folded by 64x64->128 multiplies up to 32 bytes, XXH64
+       above. Keys are compared in full on a hash match, so this only spreads them. */
+    static inline uint64_t dw_key_hash(const uint8_t* p, size_t len, uint64_t seed) {
+    #if defined(__SIZEOF_INT128__)
+        uint64_t a, b;
+        __uint128_t m;
+        if (len > 32)
+            return dw_xxh64(p, len, seed);
+        if (len > 16) {
+            m = (__uint128_t)(dw_read64(p) ^ seed ^ DW_P3) * (dw_read64(p + 8) ^ DW_P4);
+            seed = (uint64_t)m ^ (uint64_t)(m >> 64);
+            a = dw_read64(p + len - 16);
+            b = dw_read64(p + len - 8);
+        } else if (len >= 8) {
+            a = dw_read64(p);
+            b = dw_read64(p + len - 8);
+        } else if (len >= 4) {
+            a = dw_read32(p);
+            b = dw_read32(p + len - 4);
+        } else if (len > 0) {
+            a = ((uint64_t)p[0] << 16) | ((uint64_t)p[len >> 1] << 8) | p[len - 1];
+            b = 0;
+        } else {
+            a = b = 0;
+        }
+        m = (__uint128_t)(a ^ seed ^ DW_P1) * (b ^ (uint64_t)len ^ DW_P2);
+        return (uint64_t)m ^ (uint64_t)(m >> 64);
+    #else
+        return dw_xxh64(p, len, seed);
+    #endif
     }
 
     /* Read the decimal digits at p[i:] into *out (0 <= value <= 2**63 - 1). Returns the
@@ -639,6 +731,9 @@ cdef extern from *:
     Py_ssize_t parse_digits "dw_parse_digits"(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
                                               int64_t* out) noexcept nogil
     uint64_t xxh64 "dw_xxh64"(const void* data, size_t length, uint64_t seed) noexcept nogil
+    uint64_t key_hash "dw_key_hash"(const uint8_t* p, size_t length, uint64_t seed) noexcept nogil
+    Py_ssize_t string_end "dw_string_end"(const uint8_t* p, Py_ssize_t n,
+                                          Py_ssize_t i) noexcept nogil
     Py_ssize_t find_key "dw_find_key"(const uint8_t* p, Py_ssize_t n, const char* key,
                                       Py_ssize_t k, Py_ssize_t start) noexcept nogil
 
@@ -734,15 +829,7 @@ cdef inline bint _parse_id(const uint8_t* p, Py_ssize_t n, Py_ssize_t i,
 
 cdef inline Py_ssize_t _string_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
     """Offset of the closing quote of the JSON string opening at ``p[i]``, or -1."""
-    i += 1
-    while i < n:
-        if p[i] == CH_BACKSLASH:
-            i += 2
-        elif p[i] == CH_QUOTE:
-            return i
-        else:
-            i += 1
-    return -1
+    return string_end(p, n, i)
 
 
 cdef inline Py_ssize_t _value_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
@@ -787,6 +874,23 @@ ctypedef struct _Topic:
     Py_ssize_t length
     Py_ssize_t newer        # recency list (-1: none); ``older`` is also the free-list link
     Py_ssize_t older
+
+
+ctypedef struct _Pending:
+    char* ptr               # borrowed payload (valid until the read ends); NULL: in the arena
+    Py_ssize_t offset       # where its copy starts in the arena (ptr NULL)
+    Py_ssize_t size
+    uint64_t superseded     # earlier messages of its key it replaces (this read)
+    int opcode
+    bint live               # False once a newer message of its key arrived
+
+
+ctypedef struct _KeySlot:
+    uint64_t hash
+    uint64_t generation     # the listener's current generation: in use (else empty)
+    Py_ssize_t pending      # index of the key's newest pending message
+    Py_ssize_t key_offset   # the key's raw bytes inside that message
+    Py_ssize_t key_length
 
 
 cdef inline uint64_t _nonzero(uint64_t h) noexcept nogil:
@@ -1406,6 +1510,29 @@ cdef class FeedListener(WSListener):
             in ``messages``, never decoded nor delivered, but it refreshes
             ``last_data_ns`` (the connection's feed is flowing). ``None`` (the
             default) costs one pointer test per message. May be set at any time.
+        conflate_field: turns conflation on, keyed by the raw value of this JSON
+            field (e.g. ``"stream"``, ``"topic"``, ``"s"``), found in the raw bytes
+            like the :class:`Deduplicator`'s fields (the first ``"field":`` in
+            document order; a string's key is its raw bytes, quotes included,
+            escapes not decoded).
+        conflate_key: turns conflation on, keyed by this hook instead: called with a
+            ``memoryview`` of a copy of each data message (safe to keep), it returns
+            any hashable key, or ``None`` for a message that is not conflated. An
+            exception is recorded (stage ``"conflate"``) and the message delivered
+            unconflated.
+
+    Conflation: within one socket read (picows' ``last_in_buffer``; one
+    :meth:`feed` call unless ``last_in_buffer=False``, up to :meth:`flush`), a data
+    message with a key waits; a newer message with the same key replaces it (the
+    older one is counted in :attr:`conflated`, never decoded nor delivered). At the
+    end of the read the waiting messages are decoded and delivered in the order of
+    their arrival, each one valid for its key's newest state; :attr:`superseded`
+    tells how many it replaced. Everything else keeps its order relative to them: a
+    data message without a key, a control message, a fragmented message, a control
+    frame or a protocol violation first delivers what is waiting. App-level pongs
+    and duplicates (``dedup``) are handled as before, without delivering anything.
+    Duplicates are dropped before conflation, so a :class:`Deduplicator` still sees
+    (and checks the ids of) every message.
 
     Attributes:
         message_opcode: the opcode of the message being delivered (1 TEXT, 2 BINARY),
@@ -1415,9 +1542,12 @@ cdef class FeedListener(WSListener):
             ``WSTransport`` or a memory wire); ``None`` before ``attach``.
         zero_copy: whether ``decode`` reads single-frame payloads in place in the
             receive buffer (only for ``orjson.loads``, which never keeps its input).
+        superseded: while a conflated message is decoded and delivered, how many
+            earlier messages of its key (of the same read) it replaced; 0 otherwise.
         frames, messages, bytes_received, control_messages, pongs, decode_errors,
-            callback_errors, duplicates: counters since the connection opened
-            (read-only).
+            callback_errors, duplicates, conflated: counters since the connection
+            opened (read-only). ``conflated`` counts messages replaced by a newer
+            one of their key (never decoded nor delivered, not in ``messages``).
     """
 
     # --- counters (read by Health; never reset during a connection) ---
@@ -1429,6 +1559,8 @@ cdef class FeedListener(WSListener):
     cdef readonly uint64_t decode_errors
     cdef readonly uint64_t callback_errors
     cdef readonly uint64_t duplicates       # data messages dropped by ``dedup``
+    cdef readonly uint64_t conflated        # data messages replaced by a newer one of their key
+    cdef readonly uint64_t superseded       # of the message being delivered
     cdef readonly int64_t connected_ns
     cdef readonly int64_t last_recv_ns
     cdef readonly int64_t last_data_ns
@@ -1473,13 +1605,51 @@ cdef class FeedListener(WSListener):
     cdef int _frag_utf8
     cdef _Payload _frag             # reassembly buffer (None until needed)
 
+    # --- conflation (see the class docstring) ---
+    cdef readonly str conflate_field
+    cdef readonly object conflate_key
+    cdef bytes _conflate_needle     # b'"field"'; keeps _conflate_ptr valid
+    cdef const char* _conflate_ptr
+    cdef Py_ssize_t _conflate_len   # 0: no fast-path field
+    cdef bint _conflating
+    cdef bint _flushing
+    cdef bint _borrow_ok            # pending payloads may point into the caller's buffer
+    cdef _Pending* _pending         # waiting messages, in arrival order
+    cdef Py_ssize_t _pending_count
+    cdef Py_ssize_t _pending_cap
+    cdef char* _arena               # copies of pending payloads that can't be borrowed
+    cdef Py_ssize_t _arena_len
+    cdef Py_ssize_t _arena_cap
+    cdef _KeySlot* _keys            # open addressing, linear probing, by generation
+    cdef Py_ssize_t _keys_mask
+    cdef Py_ssize_t _keys_used      # slots of the current generation
+    cdef uint64_t _generation
+    cdef uint64_t _key_seed
+    cdef dict _py_keys              # hook keys -> pending index (this read)
+
     def __init__(self, on_message, decode=orjson.loads, events=None, *,
                  on_control=None, control_prefixes=None,
                  Py_ssize_t max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
                  bint validate_utf8=True, int error_policy=ERROR_POLICY_CONTINUE,
-                 errors=None, Deduplicator dedup=None):
+                 errors=None, Deduplicator dedup=None, conflate_field=None,
+                 conflate_key=None):
         if max_message_size <= 0:
             raise ValueError("max_message_size must be > 0")
+        if conflate_field is not None and conflate_key is not None:
+            raise ValueError("give conflate_field or conflate_key, not both")
+        if conflate_key is not None and not callable(conflate_key):
+            raise TypeError("conflate_key must be callable or None")
+        self._conflate_needle = _field_key(conflate_field, "conflate_field")
+        self.conflate_field = conflate_field
+        self.conflate_key = conflate_key
+        if self._conflate_needle is not None:
+            self._conflate_ptr = PyBytes_AS_STRING(self._conflate_needle)
+            self._conflate_len = PyBytes_GET_SIZE(self._conflate_needle)
+        self._conflating = conflate_field is not None or conflate_key is not None
+        self._py_keys = {} if conflate_key is not None else None
+        self._generation = 1
+        self._key_seed = int.from_bytes(os.urandom(8), "little")
+        self._borrow_ok = True
         self._on_message = on_message
         self._decode = decode
         self.zero_copy = decode_keeps_no_reference(decode)
@@ -1511,6 +1681,11 @@ cdef class FeedListener(WSListener):
         self.close_code_sent = 0
         self.violation = None
         self.closing = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._pending)
+        PyMem_Free(self._arena)
+        PyMem_Free(self._keys)
 
     def set_app_pong(self, pattern, bint exact=True):
         """Recognise application-level pongs by their raw bytes.
@@ -1581,8 +1756,26 @@ cdef class FeedListener(WSListener):
             self._now = monotonic_ns()
         self._stamp_next = frame.last_in_buffer
         self.last_payload_addr = <size_t>frame.payload_ptr
-        self._process(<int>frame.msg_type, frame.payload_ptr, frame.payload_size,
-                      frame.fin, rsv)
+        if not self._conflating:
+            self._process(<int>frame.msg_type, frame.payload_ptr, frame.payload_size,
+                          frame.fin, rsv)
+            return
+        # Pending payloads point into picows' receive buffer, which stays put until the
+        # read's last frame has been handled (see the module docstring).
+        self._borrow_ok = True
+        try:
+            self._process(<int>frame.msg_type, frame.payload_ptr, frame.payload_size,
+                          frame.fin, rsv)
+        finally:
+            # The batch ends with the read, or before a control frame: picows answers a
+            # PING itself (auto-pong) without calling us, so this frame may be the
+            # last we see of the read although it is not marked last_in_buffer. A
+            # frame not marked last has a complete frame after it: its first byte
+            # holds the opcode (bit 3: control).
+            if self._pending_count != 0 and (
+                    frame.last_in_buffer or frame.tail_size <= 0
+                    or ((<const uint8_t*>frame.payload_ptr)[frame.payload_size] & 0x08) != 0):
+                self._flush()
 
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.detach()
@@ -1605,14 +1798,19 @@ cdef class FeedListener(WSListener):
             self._events.on_open()
 
     def detach(self):
-        """End the connection (called by the transport once closed)."""
+        """End the connection (called by the transport once closed).
+
+        Conflated messages still waiting (after ``feed(..., last_in_buffer=False)``)
+        are delivered first, unless the connection was closing.
+        """
+        self._flush()
         self._frag_opcode = 0
         if self._frag is not None:
             self._frag.length = 0
         if self._events is not None:
             self._events.on_disconnected()
 
-    def feed(self, int opcode, payload, bint fin=True, int rsv=0):
+    def feed(self, int opcode, payload, bint fin=True, int rsv=0, bint last_in_buffer=True):
         """Process one frame, exactly as if picows had parsed it.
 
         Args:
@@ -1621,15 +1819,44 @@ cdef class FeedListener(WSListener):
             payload: the unmasked payload (any bytes-like object).
             fin: the FIN bit.
             rsv: the three RSV bits as an integer (RSV1 = 4, RSV2 = 2, RSV3 = 1).
+            last_in_buffer: the frame ends a read (picows' flag of the same name).
+                Only conflation looks at it: with ``False`` more frames of the same
+                read follow, so a conflated message waits (its payload copied into
+                the listener's own buffer) until a frame with ``True`` or
+                :meth:`flush`.
         """
         cdef Py_buffer view
         PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         try:
             self._now = monotonic_ns()
             self.last_payload_addr = <size_t>view.buf
-            self._process(opcode, <char*>view.buf, view.len, fin, rsv)
+            # the caller's buffer is valid during this call only
+            self._borrow_ok = last_in_buffer
+            try:
+                self._process(opcode, <char*>view.buf, view.len, fin, rsv)
+            finally:
+                if last_in_buffer and self._pending_count != 0:
+                    self._flush()
         finally:
             PyBuffer_Release(&view)
+
+    def flush(self):
+        """Deliver the conflated messages waiting now (the end of a read).
+
+        picows' reads end by themselves; :meth:`feed` callers that pass
+        ``last_in_buffer=False`` call this (or feed a frame with ``True``) when the
+        read ends. A no-op when nothing waits.
+        """
+        self._flush()
+
+    @property
+    def pending(self):
+        """Conflated messages waiting for the end of the read (one per key)."""
+        cdef Py_ssize_t i, n = 0
+        for i in range(self._pending_count):
+            if self._pending[i].live:
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ hot path
 
@@ -1784,6 +2011,16 @@ cdef class FeedListener(WSListener):
             self.duplicates += 1
             self.last_data_ns = self._now
             return 0
+        if self._conflating and not self._flushing:
+            if not control and owned is None and self._pend(ptr, size):
+                return 0    # waits for the end of the read
+            if self._pending_count != 0:
+                self._flush()   # what waits arrived first
+        return self._dispatch(ptr, size, owned, control)
+
+    cdef int _dispatch(self, char* ptr, Py_ssize_t size, _Payload owned,
+                       bint control) except -1:
+        """Decode and deliver one message (data, or control when ``control``)."""
         if self._on_message is None and not control:
             # Count-only mode: per-frame C work, no Python call at all.
             self.messages += 1
@@ -1822,9 +2059,196 @@ cdef class FeedListener(WSListener):
             view = None
             self._return_view(owned)
 
+    # ------------------------------------------------------------------ conflation
+
+    cdef inline char* _pending_bytes(self, Py_ssize_t i) noexcept:
+        cdef _Pending* rec = &self._pending[i]
+        return rec.ptr if rec.ptr != NULL else self._arena + rec.offset
+
+    cdef int _pend(self, char* ptr, Py_ssize_t size) except -1:
+        """Make a keyed data message wait for the end of the read.
+
+        1: it waits (a waiting one of its key, if any, is superseded); 0: it has no
+        key (or can't wait) and is delivered now.
+        """
+        cdef const uint8_t* p = <const uint8_t*>ptr
+        cdef Py_ssize_t pos, end, klen, slot, index
+        cdef Py_ssize_t prev = -1
+        cdef uint64_t h
+        cdef _KeySlot* entry
+        if not self._borrow_ok and (size > _SHRINK_ABOVE or (
+                self._arena_len + size > _ARENA_LIMIT and self._pending_count != 0)):
+            if size > _SHRINK_ABOVE:
+                return 0    # a large payload is not copied to wait
+            self._flush()
+        if self._pending_count >= _MAX_PENDING:
+            self._flush()
+        if self._conflate_len == 0:
+            return self._pend_hooked(ptr, size)
+        pos = _find_field(p, size, self._conflate_ptr, self._conflate_len)
+        if pos < 0:
+            return 0
+        end = _value_end(p, size, pos)
+        if end < 0:
+            return 0
+        klen = end - pos
+        h = key_hash(p + pos, <size_t>klen, self._key_seed)
+        if 2 * (self._keys_used + 1) > self._keys_mask + 1:
+            self._grow_keys()
+        slot = <Py_ssize_t>(h & <uint64_t>self._keys_mask)
+        while True:
+            entry = &self._keys[slot]
+            if entry.generation != self._generation:
+                entry.generation = self._generation
+                entry.hash = h
+                self._keys_used += 1
+                break
+            if entry.hash == h and entry.key_length == klen and memcmp(
+                    self._pending_bytes(entry.pending) + entry.key_offset, p + pos, klen) == 0:
+                prev = entry.pending
+                break
+            slot = (slot + 1) & self._keys_mask
+        index = self._append_pending(ptr, size)
+        entry = &self._keys[slot]
+        entry.pending = index
+        entry.key_offset = pos
+        entry.key_length = klen
+        if prev >= 0:
+            self._supersede(prev, index)
+        self.last_data_ns = self._now
+        return 1
+
+    cdef int _pend_hooked(self, char* ptr, Py_ssize_t size) except -1:
+        """:meth:`_pend` with the ``conflate_key`` hook (a Python call per message)."""
+        cdef object key
+        cdef object prev
+        cdef Py_ssize_t index
+        try:
+            key = self.conflate_key(PyMemoryView_FromObject(PyBytes_FromStringAndSize(ptr, size)))
+            if key is None:
+                return 0
+            prev = self._py_keys.get(key)     # TypeError for an unhashable key
+        except MemoryError:
+            raise
+        except Exception as exc:
+            self._handler_error(STAGE_CONFLATE, exc)
+            return 0
+        index = self._append_pending(ptr, size)
+        self._py_keys[key] = index
+        if prev is not None:
+            self._supersede(<Py_ssize_t>prev, index)
+        self.last_data_ns = self._now
+        return 1
+
+    cdef inline void _supersede(self, Py_ssize_t prev, Py_ssize_t index) noexcept:
+        self._pending[prev].live = False
+        self._pending[index].superseded = self._pending[prev].superseded + 1
+        self.conflated += 1
+
+    cdef Py_ssize_t _append_pending(self, char* ptr, Py_ssize_t size) except -1:
+        """Append a waiting message (borrowed, or copied into the arena); its index."""
+        cdef Py_ssize_t cap
+        cdef _Pending* grown
+        cdef char* arena
+        cdef _Pending* rec
+        if self._pending_count == self._pending_cap:
+            cap = max(64, 2 * self._pending_cap)
+            grown = <_Pending*>PyMem_Realloc(self._pending, cap * sizeof(_Pending))
+            if grown == NULL:
+                raise MemoryError()
+            self._pending = grown
+            self._pending_cap = cap
+        rec = &self._pending[self._pending_count]
+        if self._borrow_ok:
+            rec.ptr = ptr
+            rec.offset = 0
+        else:
+            if self._arena_len + size > self._arena_cap:
+                cap = max(self._arena_len + size, 2 * self._arena_cap, 4096)
+                arena = <char*>PyMem_Realloc(self._arena, cap)
+                if arena == NULL:
+                    raise MemoryError()
+                self._arena = arena
+                self._arena_cap = cap
+            memcpy(self._arena + self._arena_len, ptr, size)
+            rec.ptr = NULL
+            rec.offset = self._arena_len
+            self._arena_len += size
+        rec.size = size
+        rec.superseded = 0
+        rec.opcode = self.message_opcode
+        rec.live = True
+        self._pending_count += 1
+        return self._pending_count - 1
+
+    cdef int _grow_keys(self) except -1:
+        """Double the key table, keeping the current generation's keys."""
+        cdef Py_ssize_t cap = max(16, 2 * (self._keys_mask + 1))
+        cdef Py_ssize_t i, slot
+        cdef _KeySlot* old = self._keys
+        cdef Py_ssize_t old_cap = self._keys_mask + 1 if old != NULL else 0
+        cdef _KeySlot* table = <_KeySlot*>PyMem_Calloc(cap, sizeof(_KeySlot))
+        if table == NULL:
+            raise MemoryError()
+        for i in range(old_cap):
+            if old[i].generation == self._generation:
+                slot = <Py_ssize_t>(old[i].hash & <uint64_t>(cap - 1))
+                while table[slot].generation == self._generation:
+                    slot = (slot + 1) & (cap - 1)
+                table[slot] = old[i]
+        self._keys = table
+        self._keys_mask = cap - 1
+        PyMem_Free(old)
+        return 0
+
+    cdef int _flush(self) except -1:
+        """Deliver the waiting messages in arrival order; start a new batch.
+
+        Stops delivering once the connection is closing (the rest are dropped, like
+        frames arriving after a close).
+        """
+        cdef Py_ssize_t i, count
+        cdef _Pending* rec
+        cdef char* ptr
+        cdef Py_ssize_t size
+        cdef int opcode = self.message_opcode
+        if self._pending_count == 0 or self._flushing:
+            return 0
+        self._flushing = True
+        try:
+            count = self._pending_count
+            for i in range(count):
+                if self.closing:
+                    break
+                rec = &self._pending[i]
+                if not rec.live:
+                    continue
+                ptr = rec.ptr if rec.ptr != NULL else self._arena + rec.offset
+                size = rec.size
+                self.message_opcode = rec.opcode
+                self.superseded = rec.superseded
+                self._dispatch(ptr, size, None, False)
+        finally:
+            self._pending_count = 0
+            self._arena_len = 0
+            if self._arena_cap > _SHRINK_ABOVE:
+                PyMem_Free(self._arena)
+                self._arena = NULL
+                self._arena_cap = 0
+            self._generation += 1
+            self._keys_used = 0
+            if self._py_keys:
+                self._py_keys.clear()
+            self.superseded = 0
+            self.message_opcode = opcode
+            self._flushing = False
+        return 0
+
     cdef int _control(self, int opcode, char* ptr, Py_ssize_t size, bint fin) except -1:
         cdef int code
         cdef str reason
+        if self._pending_count != 0:
+            self._flush()   # data that arrived before this control frame
         if opcode != OP_CLOSE and opcode != OP_PING and opcode != OP_PONG:
             return self._violate(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode:#x}")
         if not fin:
@@ -1870,6 +2294,8 @@ cdef class FeedListener(WSListener):
 
     cdef int _violate(self, int code, str reason) except -1:
         """Record a protocol violation, start the closing handshake, tell the owner."""
+        if self._pending_count != 0:
+            self._flush()   # data that arrived before the violation
         self.violation = reason
         self._frag_opcode = 0
         if self._frag is not None:

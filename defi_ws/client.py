@@ -46,7 +46,7 @@ from defi_ws.errors import (
     FeedClosedError,
     NotConnectedError,
 )
-from defi_ws.handler import ExchangeHandler, JsonHandler, Notice, VenueLimits
+from defi_ws.handler import ConflateSpec, ExchangeHandler, JsonHandler, Notice, VenueLimits
 from defi_ws.health import Health, HealthRule, StaleClock
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
@@ -221,6 +221,12 @@ class FeedClient:
             cut the connection soon); a :class:`~defi_ws.pool.FeedPool` rotates.
         dedup: a :class:`~defi_ws._core.Deduplicator` shared with redundant
             connections: duplicates are dropped before decode (``FeedPool`` sets it).
+        conflate: conflation of a state-like stream (a
+            :class:`~defi_ws.handler.ConflateSpec`): within one socket read only the
+            newest message per key is decoded and delivered, the others are counted
+            (``conflated`` in :meth:`snapshot`). ``None`` (the default) uses the
+            handler's ``conflate`` attribute, else its ``conflate_key(raw)`` method,
+            else no conflation. Gap detection counts conflated messages as received.
         track_sequences: check ``handler.sequence_of`` for gaps on this connection
             (a pool checks the merged stream instead and turns it off).
         connect_gate: asked before every connection attempt with the current clock;
@@ -269,6 +275,7 @@ class FeedClient:
         on_state_change: Callable[[State, State], object] | None = None,
         on_notice: Callable[[Notice], object] | None = None,
         dedup: Deduplicator | None = None,
+        conflate: ConflateSpec | None = None,
         track_sequences: bool = True,
         connect_gate: Callable[[float], float] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -308,6 +315,12 @@ class FeedClient:
         topic_of = getattr(handler, "topic_of", None)
         if topic_stale_after_s and topic_of is None:
             problems.append("topic_stale_after_s needs a handler with topic_of(message)")
+        if conflate is None:
+            conflate = getattr(handler, "conflate", None)
+        if conflate is None and callable(getattr(handler, "conflate_key", None)):
+            conflate = ConflateSpec(key_of=handler.conflate_key)  # type: ignore[attr-defined]
+        if conflate is not None and not isinstance(conflate, ConflateSpec):
+            problems.append(f"conflate must be a ConflateSpec or None, got {conflate!r}")
         if problems:
             raise ConfigError(problems)
         venue_limits = getattr(handler, "limits", None)
@@ -362,6 +375,8 @@ class FeedClient:
             sequence_of if track_sequences and getattr(handler, "tracks_sequences", True)
             else None)
         self._dedup = dedup
+        #: The conflation in use (None: every message is delivered).
+        self.conflate: ConflateSpec | None = conflate
         self._on_notice = on_notice
         self._connect_gate = connect_gate
         self._on_connected = on_connected
@@ -808,13 +823,16 @@ class FeedClient:
             return
         session = Session(handler, self._config, self._desired, stamp_ns=now_ns)
         events = _Events(self, session)
-        deliver = self._data_callback(session)
+        deliver = self._data_callback(session, events)
+        conflate = self.conflate
         listener = FeedListener(
             deliver, handler.decode, events,
             on_control=functools.partial(self._on_control, session, events, deliver),
             control_prefixes=handler.control_prefixes,
             max_message_size=self._max_message_size, error_policy=int(self._error_policy),
             errors=self.health.errors, dedup=self._dedup,
+            conflate_field=None if conflate is None else conflate.field,
+            conflate_key=None if conflate is None else conflate.key_of,
         )
         events.listener = listener
         pong = self._heartbeat.pong_pattern()
@@ -879,7 +897,8 @@ class FeedClient:
                 error = await conn.wait_closed()
                 session.connection_lost(self._clock(), _transport_disconnect(error))
             else:
-                session.tick(now, listener.messages + listener.duplicates, listener.last_data_ns)
+                session.tick(now, listener.messages + listener.duplicates + listener.conflated,
+                             listener.last_data_ns)
             lost = self._apply(session, conn)
             if lost is not None:
                 return lost
@@ -974,9 +993,13 @@ class FeedClient:
                 log.error("%s: giving up: %s", self.name, action.disconnect.describe())
                 self._notify(self._on_gave_up, action.disconnect)
 
-    def _data_callback(self, session: Session) -> Callable[[Any], object]:
+    def _data_callback(self, session: Session, events: _Events) -> Callable[[Any], object]:
         """The data callback for the hot path: the handler's own unless topics are counted
-        (per-topic stale clocks) or sequences are checked (gap detection)."""
+        (per-topic stale clocks) or sequences are checked (gap detection).
+
+        With conflation, each delivered message tells the tracker how many messages of
+        its key it replaced (``listener.superseded``): they arrived, so they are no gap.
+        """
         on_message: Callable[[Any], object] = getattr(
             self.handler, "data_sink", self.handler.on_message)
         topic_of = self._topic_of
@@ -986,6 +1009,7 @@ class FeedClient:
         counts = session.topic_counts
         tracker = self.sequences
         desired = self._desired
+        conflating = self.conflate is not None
 
         def tracked(message: Any) -> None:
             if topic_of is not None:
@@ -995,7 +1019,9 @@ class FeedClient:
             if sequence_of is not None:
                 numbered = sequence_of(message)
                 if numbered is not None:
-                    gap = tracker.observe(numbered[0], numbered[1])
+                    listener = events.listener
+                    gap = tracker.observe(numbered[0], numbered[1], listener.superseded
+                                          if conflating and listener is not None else 0)
                     if gap is not None:
                         self._gap(gap)
             on_message(message)

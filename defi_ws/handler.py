@@ -7,7 +7,8 @@ the supervisor depends on; the desired subscription set lives in the client.
 Optional methods, looked up on the handler: ``topic_of(message) -> str | None`` (for
 per-topic stale windows) and ``sequence_of(message) -> (topic, seq) | None`` (for gap
 detection; ``tracks_sequences = False`` turns it off). :class:`JsonHandler` defines both
-as ordinary methods a subclass may override.
+as ordinary methods a subclass may override. Conflation of state-like streams is opt-in:
+a ``conflate`` attribute (a :class:`ConflateSpec`) or a ``conflate_key(raw)`` method.
 
 Call order per connection (the supervisor guarantees it)::
 
@@ -21,7 +22,7 @@ Call order per connection (the supervisor guarantees it)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -32,6 +33,7 @@ from defi_ws.urls import check_url
 __all__ = [
     "Ack",
     "AuthReply",
+    "ConflateSpec",
     "Control",
     "DedupSpec",
     "ExchangeHandler",
@@ -163,6 +165,43 @@ class DedupSpec:
     key_of: Callable[[memoryview], Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ConflateSpec:
+    """Conflation of a state-like stream (book ticker, mark price, top of book).
+
+    Within one socket read only the newest message per key is decoded and delivered;
+    the ones it replaces are counted (``conflated`` in the snapshot) and never decoded.
+    Keyed messages are delivered at the end of the read, in the order of their
+    arrival; a message without a key (and a control message) first delivers what is
+    waiting, so nothing overtakes anything. Keys are read from the raw bytes, before
+    decode (see :class:`defi_ws._core.FeedListener`). Give exactly one of:
+
+    Attributes:
+        field: JSON field whose raw value is the key (``"stream"``, ``"topic"``,
+            ``"s"``): found in C without decoding (the first ``"field":`` in document
+            order; a string's raw bytes, quotes included). A message without it is
+            not conflated.
+        key_of: a Python hook ``key_of(raw) -> Hashable | None`` called with a
+            ``memoryview`` of a copy of each data message (safe to keep); ``None``:
+            not conflated. One Python call per message: prefer ``field``.
+
+    Gap detection (``sequence_of``) stays exact in count: a delivered message tells
+    the tracker how many messages of its key it replaced, so those are not missing.
+    It assumes every message of one sequence topic carries one key (key by the topic
+    field, as venues number their messages per topic); see
+    :class:`~defi_ws.sequence.Gap`.
+    """
+
+    field: str | None = None
+    key_of: Callable[[memoryview], Hashable | None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.field is None) == (self.key_of is None):
+            raise ValueError("ConflateSpec needs exactly one of field or key_of")
+        if self.key_of is not None and not callable(self.key_of):
+            raise TypeError("ConflateSpec.key_of must be callable")
+
+
 class ExchangeHandler(Protocol):
     """What the supervisor needs from a venue adapter.
 
@@ -222,6 +261,10 @@ class ExchangeHandler(Protocol):
     # heartbeat: HeartbeatStrategy
     #     The venue's heartbeat (FeedClient's default when none is passed), e.g.
     #     TextPing("ping", "pong") for OKX.
+    # conflate: ConflateSpec | None
+    #     Conflation of a state-like stream (newest message per key per read).
+    # def conflate_key(self, raw: memoryview) -> Hashable | None
+    #     The same with a Python hook (used when ``conflate`` is not set).
 
 
 def chunked(items: Sequence[T], size: int) -> list[list[T]]:

@@ -299,7 +299,7 @@ class Health:
     """
 
     _COUNTERS = ("frames", "messages", "bytes_received", "control_messages", "pongs",
-                 "decode_errors", "callback_errors", "duplicates")
+                 "decode_errors", "callback_errors", "duplicates", "conflated")
 
     def __init__(self, error_ring_size: int = 64) -> None:
         self.rtt = RttHistogram()

@@ -346,6 +346,7 @@ class FeedPool:
                 "group": gid, "replica": index, "generation": rep.generation,
                 "state": snap["state"], "topics": len(self.placement.groups.get(gid, ())),
                 "messages": snap["messages"], "duplicates": snap.get("duplicates", 0),
+                "conflated": snap.get("conflated", 0),
                 "age_s": round(now - rep.started_at, 3),
                 "rotate_in_s": None if rep.rotate_at is None else round(rep.rotate_at - now, 3),
                 "rtt": snap["rtt"], "disconnects": snap["disconnects"],

@@ -17,23 +17,29 @@ __all__ = ["Gap", "SequenceTracker"]
 class Gap:
     """Messages of ``topic`` numbered ``first_missing..last_missing`` never arrived.
 
+    With conflation, ``conflated`` messages numbered inside the range arrived and were
+    replaced by a newer message of their key (which numbers they carried is not read):
+    ``size`` messages of the range are missing, the others were conflated.
+
     Attributes:
         topic: the topic with the gap.
         first_missing: the first missing sequence number.
         last_missing: the last missing sequence number (inclusive).
         across_reconnect: the gap spans a reconnect (found on the first message
             of the topic on a new connection).
+        conflated: messages inside the range that arrived but were conflated.
     """
 
     topic: str
     first_missing: int
     last_missing: int
     across_reconnect: bool = False
+    conflated: int = 0
 
     @property
     def size(self) -> int:
         """How many messages are missing."""
-        return self.last_missing - self.first_missing + 1
+        return self.last_missing - self.first_missing + 1 - self.conflated
 
 
 class SequenceTracker:
@@ -80,8 +86,17 @@ class SequenceTracker:
         """The last sequence number seen for ``topic``."""
         return self._last.get(topic)
 
-    def observe(self, topic: str, seq: int) -> Gap | None:
-        """Record message ``seq`` of ``topic``; return the gap it reveals, if any."""
+    def observe(self, topic: str, seq: int, conflated: int = 0) -> Gap | None:
+        """Record message ``seq`` of ``topic``; return the gap it reveals, if any.
+
+        Args:
+            topic: the message's topic.
+            seq: its sequence number.
+            conflated: messages of the topic that arrived since the previous one
+                observed and were conflated into this one (never delivered): they
+                are not missing. Their numbers are not known, only that they lie
+                between the previous number and ``seq``.
+        """
         first_here = topic not in self._seen_this_connection
         if first_here:
             self._seen_this_connection.add(topic)
@@ -94,9 +109,11 @@ class SequenceTracker:
             del self._last[oldest]
             self._seen_this_connection.discard(oldest)
         self._last[topic] = seq
-        if last is None or seq == last + 1:
+        # conflated >= the numbers skipped: nothing is missing (more conflated than
+        # skipped means some conflated messages repeated a number)
+        if last is None or seq <= last + 1 + conflated:
             return None
-        gap = Gap(topic, last + 1, seq - 1, across_reconnect=first_here)
+        gap = Gap(topic, last + 1, seq - 1, across_reconnect=first_here, conflated=conflated)
         self.gaps += 1
         self.missing += gap.size
         return gap

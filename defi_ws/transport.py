@@ -25,7 +25,7 @@ import socket
 import ssl
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -514,6 +514,25 @@ class MemoryConnection:
         else:
             payload = orjson.dumps(message)
         self.listener.feed(int(opcode), payload, fin, rsv)
+
+    def server_send_batch(self, messages: Sequence[Any], opcode: int = Opcode.TEXT) -> None:
+        """Deliver whole messages as one socket read (what a conflating listener batches).
+
+        Each is encoded like :meth:`server_send`; the last one ends the read.
+        """
+        if self._closed:
+            raise NotConnectedError("memory connection is closed")
+        last = len(messages) - 1
+        for index, message in enumerate(messages):
+            if isinstance(message, str):
+                payload = message.encode()
+            elif isinstance(message, bytes | bytearray | memoryview):
+                payload = bytes(message)
+            else:
+                payload = orjson.dumps(message)
+            self.listener.feed(int(opcode), payload, True, 0, index == last)
+            if self._closed:
+                return
 
     def server_close(self, code: int = 1000, reason: str = "") -> None:
         """The server sends CLOSE (the client answers and disconnects)."""
