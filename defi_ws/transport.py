@@ -99,7 +99,13 @@ class ConnectOptions:
 
 
 class Connection(Protocol):
-    """One open WebSocket connection, as the supervisor sees it."""
+    """One open WebSocket connection, as the supervisor sees it.
+
+    Optional attribute ``sink``: what an :class:`~defi_ws._core.OutBuffer` writes
+    outbound frames to (picows' ``WSTransport`` for :class:`PicowsConnection`, written
+    without a copy when the socket takes them at once). Without it, frames go to
+    :meth:`write` as ``bytes``.
+    """
 
     listener: FeedListener
 
@@ -171,6 +177,11 @@ class PicowsConnection:
     @property
     def ws_transport(self) -> picows.WSTransport:
         """The underlying picows transport."""
+        return self._ws
+
+    @property
+    def sink(self) -> picows.WSTransport:
+        """Where outbound frames are written (see :class:`Connection`)."""
         return self._ws
 
     def write(self, data: bytes | bytearray) -> None:
@@ -396,6 +407,11 @@ class MemoryConnection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sink(self) -> MemoryConnection:
+        """Outbound frames go to :meth:`write` (see :class:`Connection`)."""
+        return self
 
     @property
     def close_sent(self) -> bool:
