@@ -1,10 +1,11 @@
 """Run every benchmark in bench/ with modest defaults and print their tables (``make bench``).
 
-About 4-5 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
-``--plot`` is passed on to every script (PNG charts under ``bench/plots``, needs
-matplotlib).
+About 7-8 minutes on 2 cores (3 of them the outbound bench, whose instruction counts
+run under valgrind when it is installed). Each script has flags for longer runs (see
+``--help``); ``--plot`` is passed on to every script (PNG charts under ``bench/plots``,
+needs matplotlib).
 
-    python bench/run.py [--plot] [--only throughput,latency,recovery,connections]
+    python bench/run.py [--plot] [--only throughput,latency,recovery,connections,outbound]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ BENCHES = {
     "latency": ["latency.py", "--count", "20000", "--warmup", "2000"],
     "recovery": ["recovery.py", "--repeat", "5"],
     "connections": ["connections.py", "--counts", "1,100,1000", "--seconds", "1.5"],
+    "outbound": ["outbound.py", "--count", "100000", "--repeat", "3", "--callgrind",
+                 "--extra", "10000"],
 }
 
 
