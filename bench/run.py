@@ -1,10 +1,11 @@
 """Run every benchmark in bench/ with modest defaults and print their tables (``make bench``).
 
-About 6-7 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
-``--plot`` is passed on to every script (PNG charts under ``bench/plots``, needs
-matplotlib).
+About 9-10 minutes on 2 cores (the outbound bench counts instructions under valgrind
+when it is installed; the pool bench opens 1,000 connections). Each script has flags for
+longer runs (see ``--help``); ``--plot`` is passed on to every script (PNG charts under
+``bench/plots``, needs matplotlib).
 
-    python bench/run.py [--plot] [--only throughput,latency,recovery,connections]
+    python bench/run.py [--plot] [--only throughput,latency,recovery,connections,pool,outbound]
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ BENCHES = {
     "recovery": ["recovery.py", "--repeat", "5"],
     "connections": ["connections.py", "--counts", "1,100,1000", "--seconds", "1.5"],
     "pool": ["pool.py", "--rotations", "20", "--idle-connections", "1000"],
+    "conflation": ["conflation.py"],
+    "outbound": ["outbound.py", "--count", "100000", "--repeat", "3", "--callgrind",
+                 "--extra", "10000"],
 }
 
 

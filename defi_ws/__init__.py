@@ -6,7 +6,7 @@ The public API is re-exported here; see the README for the concepts. Test double
 
 from __future__ import annotations
 
-from defi_ws._core import Deduplicator, FeedListener, FrameEncoder
+from defi_ws._core import Deduplicator, FeedListener, FrameEncoder, OutBuffer
 from defi_ws.client import ErrorPolicy, FeedClient
 from defi_ws.errors import (
     ConfigError,
@@ -84,6 +84,7 @@ __all__ = [
     "NoReconnect",
     "NotConnectedError",
     "Notice",
+    "OutBuffer",
     "PicowsTransport",
     "ReconnectStrategy",
     "RttHistogram",

@@ -50,13 +50,14 @@ listener owns.
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytearray cimport (PyByteArray_AS_STRING, PyByteArray_FromStringAndSize,
+                               PyByteArray_GET_SIZE)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_STRIDES, PyBUF_WRITABLE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memmove
 
 from picows.picows cimport WSFrame, WSListener, WSTransport
 
@@ -68,6 +69,8 @@ from picows import WSMsgType
 
 from defi_ws.errors import NotConnectedError
 
+cdef object _orjson_dumps = orjson.dumps
+
 
 cdef extern from "Python.h":
     ctypedef struct PyObject
@@ -75,6 +78,7 @@ cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
     object PyMemoryView_FromObject(object exporter)
     int PyBUF_READ
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     # CPython's memoryview layout (Include/cpython/memoryobject.h, unchanged 3.3-3.13):
     # read to tell whether anything still refers to a view after the call.
     ctypedef struct ManagedBuffer "_PyManagedBufferObject":
@@ -148,7 +152,6 @@ cdef enum:
     _MAX_PENDING = 65536            # pending conflated messages before a forced flush
     _ARENA_LIMIT = 4 * 1024 * 1024  # copied pending payloads before a forced flush
 DEF MAX_CONTROL_PREFIXES = 8
-_MASK_POOL_SIZE = 4096
 
 
 cdef inline int64_t monotonic_ns() noexcept nogil:
@@ -259,71 +262,223 @@ def buffer_address(data):
         PyBuffer_Release(&view)
 
 
+cdef extern from "Python.h":
+    ctypedef enum PyMemAllocatorDomain:
+        PYMEM_DOMAIN_RAW
+        PYMEM_DOMAIN_MEM
+        PYMEM_DOMAIN_OBJ
+    ctypedef struct PyMemAllocatorEx:
+        void* ctx
+        void* (*malloc)(void* ctx, size_t size) noexcept nogil
+        void* (*calloc)(void* ctx, size_t nelem, size_t elsize) noexcept nogil
+        void* (*realloc)(void* ctx, void* ptr, size_t new_size) noexcept nogil
+        void (*free)(void* ctx, void* ptr) noexcept nogil
+    void PyMem_GetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx* allocator)
+    void PyMem_SetAllocator(PyMemAllocatorDomain domain, PyMemAllocatorEx* allocator)
+
+
+cdef PyMemAllocatorEx _saved_mem
+cdef PyMemAllocatorEx _saved_obj
+cdef Py_ssize_t _allocations = 0
+
+
+cdef void* _counting_malloc(void* ctx, size_t size) noexcept nogil:
+    global _allocations
+    _allocations += 1
+    cdef PyMemAllocatorEx* inner = <PyMemAllocatorEx*>ctx
+    return inner.malloc(inner.ctx, size)
+
+
+cdef void* _counting_calloc(void* ctx, size_t nelem, size_t elsize) noexcept nogil:
+    global _allocations
+    _allocations += 1
+    cdef PyMemAllocatorEx* inner = <PyMemAllocatorEx*>ctx
+    return inner.calloc(inner.ctx, nelem, elsize)
+
+
+cdef void* _counting_realloc(void* ctx, void* ptr, size_t new_size) noexcept nogil:
+    global _allocations
+    _allocations += 1
+    cdef PyMemAllocatorEx* inner = <PyMemAllocatorEx*>ctx
+    return inner.realloc(inner.ctx, ptr, new_size)
+
+
+cdef void _counting_free(void* ctx, void* ptr) noexcept nogil:
+    cdef PyMemAllocatorEx* inner = <PyMemAllocatorEx*>ctx
+    inner.free(inner.ctx, ptr)
+
+
+def _count_allocations(func, Py_ssize_t repeat=1):
+    """Call ``func()`` ``repeat`` times; return how many blocks Python allocated meanwhile.
+
+    Counts every ``malloc``/``calloc``/``realloc`` of the object and PyMem domains
+    (every Python object and most interpreter memory) while the calls run, freed or
+    not, by wrapping the allocators the way ``tracemalloc`` does. A test and bench
+    helper: not reentrant, not thread-aware.
+    """
+    global _allocations
+    cdef PyMemAllocatorEx hook_mem, hook_obj
+    cdef Py_ssize_t i
+    PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &_saved_mem)
+    PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &_saved_obj)
+    hook_mem.ctx = &_saved_mem
+    hook_obj.ctx = &_saved_obj
+    hook_mem.malloc = _counting_malloc
+    hook_mem.calloc = _counting_calloc
+    hook_mem.realloc = _counting_realloc
+    hook_mem.free = _counting_free
+    hook_obj.malloc = _counting_malloc
+    hook_obj.calloc = _counting_calloc
+    hook_obj.realloc = _counting_realloc
+    hook_obj.free = _counting_free
+    _allocations = 0
+    PyMem_SetAllocator(PYMEM_DOMAIN_MEM, &hook_mem)
+    PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &hook_obj)
+    try:
+        for i in range(repeat):
+            func()
+    finally:
+        PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &_saved_obj)
+        PyMem_SetAllocator(PYMEM_DOMAIN_MEM, &_saved_mem)
+    return _allocations
+
+
 cdef inline bint valid_close_code(int code) noexcept nogil:
     # RFC 6455 7.4.1 / 7.4.2 and the IANA registry: 1004-1006 and 1015 must not be
     # sent on the wire; 1016-2999 are reserved; 3000-4999 are for libraries and apps.
     return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
 
 
-cdef class FrameEncoder:
-    """Builds masked client frames (RFC 6455 5.3) into one buffer.
+cdef extern from "<sys/random.h>" nogil:
+    ssize_t c_getrandom "getrandom"(void* buf, size_t buflen, unsigned int flags)
 
-    Masking keys come from ``os.urandom`` in blocks, so they are unpredictable
-    without a system call per frame.
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t c_send "send"(int fd, const void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EINTR
+
+
+cdef enum:
+    _MASK_POOL_SIZE = 4096          # bytes of masking keys drawn per getrandom()
+    _MAX_HEADER = 14                # 2 + 8 (64-bit length) + 4 (masking key)
+    _SMALL_HEADER = 6               # 2 + 4: what begin() reserves (payloads < 126 B)
+    _OUT_CAPACITY = 4096            # an OutBuffer's initial region
+
+
+cdef inline Py_ssize_t _put_header(uint8_t* out, int opcode, Py_ssize_t size,
+                                   uint32_t mask) noexcept nogil:
+    """Write a FIN frame header with ``mask`` at ``out``; return its length."""
+    cdef Py_ssize_t pos
+    cdef uint64_t length64
+    cdef int i
+    out[0] = <uint8_t>(0x80 | opcode)
+    if size < 126:
+        out[1] = <uint8_t>(0x80 | size)
+        pos = 2
+    elif size < 65536:
+        out[1] = 0x80 | 126
+        out[2] = <uint8_t>(size >> 8)
+        out[3] = <uint8_t>(size & 0xFF)
+        pos = 4
+    else:
+        out[1] = 0x80 | 127
+        length64 = <uint64_t>size
+        for i in range(8):
+            out[2 + i] = <uint8_t>((length64 >> (8 * (7 - i))) & 0xFF)
+        pos = 10
+    memcpy(out + pos, &mask, 4)
+    return pos + 4
+
+
+cdef inline Py_ssize_t _header_size(Py_ssize_t size) noexcept nogil:
+    if size < 126:
+        return 6
+    if size < 65536:
+        return 8
+    return 14
+
+
+cdef inline void _mask_into(uint8_t* dst, const uint8_t* src, Py_ssize_t size,
+                            uint32_t mask) noexcept nogil:
+    """XOR ``size`` bytes of ``src`` with the repeated key into ``dst`` (may be ``src``)."""
+    cdef uint64_t mask64 = (<uint64_t>mask << 32) | mask
+    cdef uint64_t word
+    cdef const uint8_t* mask_bytes = <const uint8_t*>&mask
+    cdef Py_ssize_t j = 0
+    while j + 8 <= size:
+        memcpy(&word, src + j, 8)
+        word ^= mask64
+        memcpy(dst + j, &word, 8)
+        j += 8
+    while j < size:
+        dst[j] = src[j] ^ mask_bytes[j & 3]
+        j += 1
+
+
+# Bumped in a forked child: masking keys drawn before the fork are not used after it
+# (parent and child would otherwise send the same keys).
+cdef unsigned long _fork_generation = 0
+
+
+def _after_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef class FrameEncoder:
+    """Builds masked client frames (RFC 6455 5.3).
+
+    Masking keys come from the kernel's CSPRNG (``getrandom``) in 4 KiB blocks, so
+    they are unpredictable without a system call (or a Python object) per frame; a
+    forked child draws its own.
     """
 
-    cdef bytes _pool
+    cdef uint8_t _pool[_MASK_POOL_SIZE]
     cdef Py_ssize_t _pool_pos
+    cdef unsigned long _generation
 
     def __cinit__(self):
-        self._pool = os.urandom(_MASK_POOL_SIZE)
-        self._pool_pos = 0
+        self._pool_pos = _MASK_POOL_SIZE  # filled on first use
 
-    cdef inline uint32_t _next_mask(self):
+    cdef int _refill(self) except -1:
+        cdef Py_ssize_t got = 0
+        cdef ssize_t n
+        while got < _MASK_POOL_SIZE:
+            n = c_getrandom(self._pool + got, _MASK_POOL_SIZE - got, 0)
+            if n > 0:
+                got += n
+            elif n < 0 and errno == EINTR:
+                continue
+            else:  # no getrandom (old kernel, seccomp): Python's own CSPRNG
+                block = os.urandom(_MASK_POOL_SIZE - got)
+                memcpy(self._pool + got, PyBytes_AS_STRING(block), _MASK_POOL_SIZE - got)
+                got = _MASK_POOL_SIZE
+        self._pool_pos = 0
+        self._generation = _fork_generation
+        return 0
+
+    cdef inline uint32_t _next_mask(self) except? 0:
         cdef uint32_t mask
-        if self._pool_pos + 4 > _MASK_POOL_SIZE:
-            self._pool = os.urandom(_MASK_POOL_SIZE)
-            self._pool_pos = 0
-        memcpy(&mask, PyBytes_AS_STRING(self._pool) + self._pool_pos, 4)
+        if self._pool_pos + 4 > _MASK_POOL_SIZE or self._generation != _fork_generation:
+            self._refill()
+        memcpy(&mask, self._pool + self._pool_pos, 4)
         self._pool_pos += 4
         return mask
 
     cdef Py_ssize_t _write_frame(self, uint8_t* out, int opcode, const uint8_t* payload,
-                                 Py_ssize_t size):
-        cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t i
+                                 Py_ssize_t size) except -1:
+        """Write one masked frame of ``payload`` at ``out`` (room for size + 14)."""
         cdef uint32_t mask = self._next_mask()
-        cdef uint8_t* mask_bytes = <uint8_t*>&mask
-        cdef uint64_t length64
-        out[0] = <uint8_t>(0x80 | opcode)
-        if size < 126:
-            out[1] = <uint8_t>(0x80 | size)
-            pos = 2
-        elif size < 65536:
-            out[1] = 0x80 | 126
-            out[2] = <uint8_t>(size >> 8)
-            out[3] = <uint8_t>(size & 0xFF)
-            pos = 4
-        else:
-            out[1] = 0x80 | 127
-            length64 = <uint64_t>size
-            for i in range(8):
-                out[2 + i] = <uint8_t>((length64 >> (8 * (7 - i))) & 0xFF)
-            pos = 10
-        memcpy(out + pos, &mask, 4)
-        pos += 4
-        # XOR eight bytes at a time with the key repeated, then the tail.
-        cdef uint64_t mask64 = (<uint64_t>mask << 32) | mask
-        cdef uint64_t word
-        cdef Py_ssize_t j = 0
-        while j + 8 <= size:
-            memcpy(&word, payload + j, 8)
-            word ^= mask64
-            memcpy(out + pos + j, &word, 8)
-            j += 8
-        while j < size:
-            out[pos + j] = payload[j] ^ mask_bytes[j & 3]
-            j += 1
+        cdef Py_ssize_t pos = _put_header(out, opcode, size, mask)
+        _mask_into(out + pos, payload, size, mask)
         return pos + size
 
     def encode_one(self, payload, bint binary=False):
@@ -335,7 +490,7 @@ cdef class FrameEncoder:
         cdef bytearray out
         cdef Py_ssize_t written
         try:
-            out = PyByteArray_FromStringAndSize(NULL, view.len + 14)
+            out = PyByteArray_FromStringAndSize(NULL, view.len + _MAX_HEADER)
             written = self._write_frame(<uint8_t*>PyByteArray_AS_STRING(out),
                                         OP_BINARY if binary else OP_TEXT,
                                         <const uint8_t*>view.buf, view.len)
@@ -362,7 +517,7 @@ cdef class FrameEncoder:
             if isinstance(item, str):
                 item = PyUnicode_AsUTF8String(item)
             mv = memoryview(item)
-            total += mv.nbytes + 14
+            total += mv.nbytes + _MAX_HEADER
             buffers.append(mv)
         cdef bytearray out = PyByteArray_FromStringAndSize(NULL, total)
         cdef uint8_t* base = <uint8_t*>PyByteArray_AS_STRING(out)
@@ -376,6 +531,390 @@ cdef class FrameEncoder:
                 PyBuffer_Release(&view)
         del out[pos:]
         return out
+
+    def encode_into(self, OutBuffer out not None, payload, bint binary=False):
+        """Append one masked frame of ``payload`` to ``out``, masked with this encoder's
+        keys straight from the payload's memory (no intermediate copy).
+
+        Args:
+            out: the buffer the frame is appended to.
+            payload: ``bytes``, ``bytearray``, ``memoryview`` or ``str`` (UTF-8).
+            binary: a BINARY frame instead of a TEXT frame.
+        """
+        out._check_closed()
+        out._frame_payload(self, payload, OP_BINARY if binary else OP_TEXT)
+
+
+cdef class OutBuffer:
+    """One reusable region where outbound frames are built in place and written at once.
+
+    Frames are appended (masked straight from the payload's memory, or written piece
+    by piece with :meth:`begin`/:meth:`write`/:meth:`end`); :meth:`flush` writes
+    everything appended since the last flush in one write and empties the buffer for
+    the next one. One per connection (or per client: a flush leaves nothing behind
+    that refers to the region).
+
+    Reuse is safe whatever the transport does with what it cannot send at once: to a
+    picows ``WSTransport`` on plain TCP with nothing queued, the region is sent with
+    one ``send()`` system call (no Python object); whatever the kernel does not take,
+    and everything written while the transport has data queued or over TLS, is
+    handed to the transport as a copy (``bytes``; aiofastnet, which copies itself,
+    gets a view that is released if anything still holds it after the write). Any
+    other sink gets ``sink.write(bytes)``.
+
+    Args:
+        encoder: the source of masking keys (default: a new :class:`FrameEncoder`).
+        capacity: initial size of the region in bytes; it grows as needed and goes
+            back to this size after a flush of more than 1 MiB.
+    """
+
+    cdef char* _data
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _initial
+    cdef Py_ssize_t _open           # offset of the open frame's header; -1: none
+    cdef int _open_opcode
+    cdef readonly FrameEncoder encoder
+    cdef Py_ssize_t _pending        # frames appended since the last flush
+    cdef uint64_t _frames
+    cdef uint64_t _writes
+    cdef uint64_t _copied_writes
+    cdef uint64_t _abandoned
+
+    def __cinit__(self, *args, **kwargs):
+        self._data = NULL
+        self._open = -1
+        self.encoder = FrameEncoder()  # replaced by __init__'s, if given
+
+    def __init__(self, FrameEncoder encoder=None, Py_ssize_t capacity=_OUT_CAPACITY):
+        if capacity < 64:
+            capacity = 64
+        cdef char* data = <char*>PyMem_Realloc(self._data, capacity)
+        if data == NULL:
+            raise MemoryError("cannot allocate an OutBuffer")
+        self._data = data
+        self._cap = capacity
+        self._initial = capacity
+        self._len = 0
+        self._pending = 0
+        self._open = -1
+        if encoder is not None:
+            self.encoder = encoder
+
+    def __dealloc__(self):
+        if self._data != NULL:
+            PyMem_Free(self._data)
+            self._data = NULL
+
+    @property
+    def frames(self):
+        """Frames written (flushed) since the buffer was made."""
+        return self._frames
+
+    @property
+    def pending_frames(self):
+        """Frames appended since the last flush."""
+        return self._pending
+
+    @property
+    def writes(self):
+        """Flushes that wrote something."""
+        return self._writes
+
+    @property
+    def copied_writes(self):
+        """Writes handed to the transport as a copy (the socket could not take them
+        at once, TLS, or a sink other than picows)."""
+        return self._copied_writes
+
+    @property
+    def capacity(self):
+        """The region's current size in bytes."""
+        return self._cap
+
+    def __len__(self):
+        return self._len
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        cdef Py_ssize_t need = self._len + extra
+        if need <= self._cap:
+            return 0
+        cdef Py_ssize_t cap = self._cap * 2
+        if cap < need:
+            cap = need
+        cdef char* data = <char*>PyMem_Realloc(self._data, cap)
+        if data == NULL:
+            raise MemoryError(f"cannot grow an OutBuffer to {cap} bytes")
+        self._data = data
+        self._cap = cap
+        return 0
+
+    cdef inline int _check_closed(self) except -1:
+        if self._open >= 0:
+            raise RuntimeError("a frame is open: end() or cancel() it first")
+        return 0
+
+    cdef int _frame_ptr(self, FrameEncoder encoder, int opcode, const uint8_t* payload,
+                        Py_ssize_t size) except -1:
+        self._reserve(size + _MAX_HEADER)
+        self._len += encoder._write_frame(<uint8_t*>self._data + self._len, opcode,
+                                          payload, size)
+        self._pending += 1
+        return 0
+
+    cdef int _frame_payload(self, FrameEncoder encoder, object payload, int opcode) except -1:
+        """One frame of a bytes-like or str payload, masked straight from its memory."""
+        cdef const char* ptr
+        cdef Py_ssize_t size
+        cdef Py_buffer view
+        if isinstance(payload, bytes):
+            return self._frame_ptr(encoder, opcode, <const uint8_t*>PyBytes_AS_STRING(payload),
+                                   PyBytes_GET_SIZE(payload))
+        if isinstance(payload, str):
+            ptr = PyUnicode_AsUTF8AndSize(payload, &size)  # ASCII: the str's own bytes
+            return self._frame_ptr(encoder, opcode, <const uint8_t*>ptr, size)
+        if isinstance(payload, bytearray):
+            return self._frame_ptr(encoder, opcode, <const uint8_t*>PyByteArray_AS_STRING(payload),
+                                   PyByteArray_GET_SIZE(payload))
+        try:
+            PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        except BufferError:  # a non-contiguous view: as bytes
+            return self._frame_payload(encoder, bytes(payload), opcode)
+        try:
+            return self._frame_ptr(encoder, opcode, <const uint8_t*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _add(self, object message, int opcode) except -1:
+        """One frame of a message: bytes-like or str as is, a payload writer called
+        inside an open frame, anything else as JSON (``orjson.dumps``)."""
+        if isinstance(message, (bytes, str, bytearray, memoryview)):
+            return self._frame_payload(self.encoder, message, opcode)
+        if callable(message):
+            self._begin(opcode)
+            try:
+                message(self)
+            except BaseException:
+                self.cancel()
+                raise
+            self._end()
+            return 0
+        data = _orjson_dumps(message)
+        return self._frame_ptr(self.encoder, opcode, <const uint8_t*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data))
+
+    def add(self, message, bint binary=False):
+        """Append one frame: ``bytes``/``bytearray``/``memoryview``/``str`` payloads are
+        masked straight from their memory; a payload writer (a callable) is called with
+        this buffer inside an open frame and writes the payload with :meth:`write`;
+        anything else is serialised with ``orjson.dumps``. Nothing is appended when
+        this raises."""
+        self._check_closed()
+        cdef Py_ssize_t start = self._len
+        cdef Py_ssize_t pending = self._pending
+        try:
+            self._add(message, OP_BINARY if binary else OP_TEXT)
+        except BaseException:
+            self._len = start
+            self._pending = pending
+            raise
+
+    cdef int _begin(self, int opcode) except -1:
+        self._check_closed()
+        self._reserve(_SMALL_HEADER)
+        self._open = self._len
+        self._open_opcode = opcode
+        self._len += _SMALL_HEADER
+        return 0
+
+    def begin(self, bint binary=False):
+        """Open a frame whose payload the following :meth:`write` calls append."""
+        self._begin(OP_BINARY if binary else OP_TEXT)
+
+    def write(self, data):
+        """Append ``data`` (``bytes``-like, or ``str`` as UTF-8) to the open frame's payload."""
+        if self._open < 0:
+            raise RuntimeError("no open frame: call begin() first")
+        cdef const char* ptr
+        cdef Py_ssize_t size
+        cdef Py_buffer view
+        if isinstance(data, bytes):
+            ptr = PyBytes_AS_STRING(data)
+            size = PyBytes_GET_SIZE(data)
+        elif isinstance(data, str):
+            ptr = PyUnicode_AsUTF8AndSize(data, &size)
+        elif isinstance(data, bytearray):
+            ptr = PyByteArray_AS_STRING(data)
+            size = PyByteArray_GET_SIZE(data)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                self._reserve(view.len)
+                memcpy(self._data + self._len, view.buf, view.len)
+                self._len += view.len
+            finally:
+                PyBuffer_Release(&view)
+            return
+        self._reserve(size)
+        memcpy(self._data + self._len, ptr, size)
+        self._len += size
+
+    cdef int _end(self) except -1:
+        if self._open < 0:
+            raise RuntimeError("no open frame: call begin() first")
+        cdef Py_ssize_t start = self._open
+        cdef Py_ssize_t payload_at = start + _SMALL_HEADER
+        cdef Py_ssize_t size = self._len - payload_at
+        cdef Py_ssize_t shift = _header_size(size) - _SMALL_HEADER
+        if shift:  # a longer length field: move the payload up
+            self._reserve(shift)
+            memmove(self._data + payload_at + shift, self._data + payload_at, size)
+            payload_at += shift
+            self._len += shift
+        cdef uint32_t mask = self.encoder._next_mask()
+        _put_header(<uint8_t*>self._data + start, self._open_opcode, size, mask)
+        _mask_into(<uint8_t*>self._data + payload_at, <const uint8_t*>self._data + payload_at,
+                   size, mask)
+        self._open = -1
+        self._pending += 1
+        return 0
+
+    def end(self):
+        """Close the open frame: header and masking key in front, payload masked in place."""
+        self._end()
+
+    def cancel(self):
+        """Drop the open frame (and what was written into it), if any."""
+        if self._open >= 0:
+            self._len = self._open
+            self._open = -1
+
+    def clear(self):
+        """Drop everything not yet flushed."""
+        self._len = 0
+        self._pending = 0
+        self._open = -1
+
+    def getvalue(self):
+        """The frames not yet flushed, as ``bytes`` (a copy)."""
+        return PyBytes_FromStringAndSize(self._data, self._len)
+
+    cdef int _write_ws(self, WSTransport ws) except -1:
+        """picows' own write path (``WSTransport._fast_write``), reusing our region."""
+        cdef Py_ssize_t size = self._len
+        cdef ssize_t sent = -1
+        if ws.is_disconnected or ws.is_close_frame_sent:
+            raise NotConnectedError("connection is closing or closed")
+        if not ws.is_client_side:
+            raise ValueError("OutBuffer writes masked client frames: not for a server side")
+        if not ws.is_secure and ws._tr_get_write_buffer_size() == 0:
+            # Nothing queued: the kernel takes the bytes now or we hand over a copy.
+            sent = c_send(ws._socket, self._data, <size_t>size, MSG_NOSIGNAL)
+            if sent == size:
+                return 0
+        if sent > 0:
+            ws._tr_write(PyBytes_FromStringAndSize(self._data + sent, size - sent))
+        elif ws._is_aiofn_transport:
+            # aiofastnet copies whatever it cannot send at once (verified in its
+            # write_nocheck / make_write_request_tail); if anything still holds the view
+            # afterwards, it is released so it can never read the reused region.
+            view = PyMemoryView_FromMemory(self._data, size, PyBUF_READ)
+            ws._tr_write(view)
+            if refcount_of(<PyObject*>view) > 1:
+                try:
+                    view.release()
+                except BufferError:  # exported further: never reuse or free this region
+                    self._abandon()
+        else:
+            ws._tr_write(PyBytes_FromStringAndSize(self._data, size))
+        self._copied_writes += 1
+        return 0
+
+    cdef void _abandon(self) noexcept:
+        """Leave the region to whatever still refers to it; take a fresh one."""
+        cdef char* fresh = <char*>PyMem_Malloc(self._initial)
+        if fresh == NULL:
+            return  # keep the old one rather than fail; nothing better to do
+        self._data = fresh
+        self._cap = self._initial
+        self._len = 0
+        self._abandoned += 1
+
+    cdef int _flush(self, object sink) except -1:
+        self._check_closed()
+        if self._len == 0:
+            return 0
+        try:
+            if isinstance(sink, WSTransport):
+                self._write_ws(<WSTransport>sink)
+            else:
+                sink.write(PyBytes_FromStringAndSize(self._data, self._len))
+                self._copied_writes += 1
+            self._writes += 1
+            self._frames += self._pending
+        finally:
+            self._len = 0
+            self._pending = 0
+            if self._cap > _SHRINK_ABOVE:
+                self._shrink()
+        return 0
+
+    cdef void _shrink(self) noexcept:
+        cdef char* data = <char*>PyMem_Realloc(self._data, self._initial)
+        if data != NULL:
+            self._data = data
+            self._cap = self._initial
+
+    def flush(self, sink):
+        """Write every frame appended since the last flush in one write, then empty
+        the buffer (also when the write raises).
+
+        Args:
+            sink: a picows ``WSTransport`` (client side), or any object with
+                ``write(bytes)`` (a :class:`~defi_ws.transport.Connection`).
+
+        Raises:
+            NotConnectedError: ``sink`` is a picows transport that is closing or closed.
+        """
+        self._flush(sink)
+
+    def send(self, sink, message, bint binary=False):
+        """:meth:`add` one message and :meth:`flush` to ``sink``: one frame, one write.
+
+        Raises:
+            NotConnectedError: see :meth:`flush`.
+        """
+        self._check_closed()
+        cdef Py_ssize_t start = self._len
+        cdef Py_ssize_t pending = self._pending
+        try:
+            self._add(message, OP_BINARY if binary else OP_TEXT)
+        except BaseException:
+            self._len = start
+            self._pending = pending
+            raise
+        self._flush(sink)
+
+    def send_batch(self, sink, messages, bint binary=False):
+        """:meth:`add` each message, then :meth:`flush`: consecutive frames in one
+        write. Nothing of ``messages`` is appended or written when one of them cannot
+        be encoded.
+
+        Raises:
+            NotConnectedError: see :meth:`flush`.
+        """
+        self._check_closed()
+        cdef int opcode = OP_BINARY if binary else OP_TEXT
+        cdef Py_ssize_t start = self._len
+        cdef Py_ssize_t pending = self._pending
+        try:
+            for message in messages:
+                self._add(message, opcode)
+        except BaseException:
+            self._len = start
+            self._pending = pending
+            raise
+        self._flush(sink)
 
 
 cdef char* _FORMAT_B = b"B"

@@ -50,7 +50,7 @@ from defi_ws.handler import ConflateSpec, ExchangeHandler, JsonHandler, Notice, 
 from defi_ws.health import Health, HealthRule, StaleClock
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
-from defi_ws.outbound import Outbound
+from defi_ws.outbound import _SEQUENCES, Outbound
 from defi_ws.pacing import TokenBucket
 from defi_ws.reasons import Classifier, Disconnect, DisconnectReason, default_is_retryable
 from defi_ws.reconnect import ExponentialBackoff, ReconnectStrategy
@@ -395,6 +395,10 @@ class FeedClient:
         #: Per-topic sequence numbers (used when the handler has ``sequence_of``).
         self.sequences = SequenceTracker()
         self._outbound = Outbound()
+        #: The reusable frame buffer (``Outbound.buffer``) and where it writes to (the
+        #: connection's ``sink``, None while there is no connection): send()'s fast path.
+        self._out = self._outbound.buffer
+        self._sink: Any = None
         self._session: Session | None = None
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -640,21 +644,30 @@ class FeedClient:
             resume()
 
     def send(self, message: Any, *, binary: bool = False) -> None:
-        """Send one message (dicts are JSON-encoded) whenever the WebSocket is open.
+        """Send one message whenever the WebSocket is open.
 
-        It leaves at once when nothing is queued and the outbound rate allows it,
-        else it is queued behind what is (auth messages first) and leaves in order.
+        ``bytes``/``bytearray``/``memoryview``/``str`` are sent as they are, masked
+        straight from their memory into the connection's reusable frame buffer; a
+        payload writer (a callable taking the :class:`~defi_ws._core.OutBuffer`)
+        writes its payload into it (``out.write(...)``); anything else is
+        JSON-encoded (``orjson``). It leaves at once when nothing is queued and the
+        outbound rate allows it (no Python object is made for the frame or the
+        write on plain TCP), else it is queued behind what is (auth messages first)
+        and leaves in order.
 
         Raises:
             NotConnectedError: no WebSocket is open (or it is closing).
             SendQueueFull: the outbound queue is at ``max_queued_messages``.
         """
-        session, conn = self._session, self._conn
+        session, sink = self._session, self._sink
         if session is None:
             raise NotConnectedError(f"cannot send in state {self._lc.state.name}")
+        if sink is not None and session.writable and not (session.outbox or session.paced):
+            self._out.send(sink, message, binary)  # try_send_now's answer, without a call
+            return
         now = self._clock()
-        if conn is not None and session.try_send_now(1, now):
-            self._outbound.send(conn, message, binary=binary)
+        if sink is not None and session.try_send_now(1, now):
+            self._out.send(sink, message, binary)
             return
         session.send((message,), now, binary=binary)
         self._wake()
@@ -666,15 +679,18 @@ class FeedClient:
             NotConnectedError: no WebSocket is open (or it is closing).
             SendQueueFull: the outbound queue is at ``max_queued_messages``.
         """
-        session, conn = self._session, self._conn
+        session, sink = self._session, self._sink
         if session is None:
             raise NotConnectedError(f"cannot send in state {self._lc.state.name}")
-        items = list(messages)
+        items = messages if isinstance(messages, _SEQUENCES) else list(messages)
         if not items:
             return
+        if sink is not None and session.writable and not (session.outbox or session.paced):
+            self._out.send_batch(sink, items, binary)
+            return
         now = self._clock()
-        if conn is not None and session.try_send_now(len(items), now):
-            self._outbound.send_batch(conn, items, binary=binary)
+        if sink is not None and session.try_send_now(len(items), now):
+            self._out.send_batch(sink, items, binary)
             return
         session.send(items, now, binary=binary)
         self._wake()
@@ -753,7 +769,7 @@ class FeedClient:
             self._force_closed()
             raise
         finally:
-            self._conn = None
+            self._conn = self._sink = None
             self._session = None
             assert self._live is not None and self._done is not None
             self._live.clear()
@@ -861,6 +877,7 @@ class FeedClient:
             raise
         log.debug("%s: connected to %s", self.name, redact_url(url))
         self._conn = conn
+        self._sink = getattr(conn, "sink", conn)
         now = self._clock()
         self.health.attach(listener, now, routed=session)
         self._step(self._lc.opened(now), State.CONNECTING)
@@ -871,7 +888,7 @@ class FeedClient:
             self.health.detach()
             if not conn.closed:
                 conn.abort()
-            self._conn = None
+            self._conn = self._sink = None
             self._session = None
             assert self._live is not None
             self._live.clear()
@@ -919,12 +936,13 @@ class FeedClient:
         lost: Disconnect | None = None
         for action in session.take_actions():
             if isinstance(action, SendMessages):
-                with contextlib.suppress(NotConnectedError):  # the loss will follow
-                    if all(not m.binary for m in action.messages):
-                        self._outbound.send_batch(conn, [m.payload for m in action.messages])
-                    else:
-                        self._outbound.send_mixed(
-                            conn, [(m.payload, m.binary) for m in action.messages])
+                try:
+                    self._outbound.send_mixed(conn, [(m.payload, m.binary)
+                                                     for m in action.messages])
+                except NotConnectedError:  # the loss will follow
+                    pass
+                except Exception as exc:  # a queued message that cannot be encoded
+                    session.encode_failed(exc, self._clock())
             elif isinstance(action, SendPing):
                 self.health.pings_sent += 1
                 if action.control:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,12 +327,18 @@ class Session:
         self._bucket = (
             None if config.rate_per_s is None else TokenBucket(config.rate_per_s, config.burst))
         self._pacer: Pacer = Unlimited() if self._bucket is None else self._bucket
-        self._writable = False  # is_open, kept as a flag for the send fast path
+        #: The owner's send fast path reads these three (and never writes them): while
+        #: ``writable`` (open and not closing), ``outbox`` (the queued messages) is
+        #: empty and not ``paced``, a message may be written at once without calling
+        #: :meth:`try_send_now` (which is what it would answer).
+        self.writable = False
+        self.paced = self._bucket is not None
         self._ping = PingClock(config.heartbeat)
         self._stale = StaleClock(config.stale_after_s, config.topic_stale_after_s)
         self._topics: dict[str, _Topic] = {}
         self._leaving: dict[str, tuple[_Topic, _Batch]] = {}
         self._outbox: deque[_Item] = deque()
+        self.outbox: Sized = self._outbox  # the same deque (see ``writable``)
         self._actions: list[Action] = []
         self._auth_deadline: float | None = None
         self._pace_at: float | None = None
@@ -600,12 +606,21 @@ class Session:
         """Fast path for the caller's own write: True (tokens taken) when ``count``
         messages may leave at once, i.e. the session is open, nothing is queued and
         the pacer allows it."""
-        if not self._writable or self._outbox:
+        if not self.writable or self._outbox:
             return False
         bucket = self._bucket
         if bucket is None:
             return True
         return count <= bucket.burst and bucket.try_take(now, count)
+
+    def encode_failed(self, exc: BaseException, now: float) -> None:
+        """A message of a ``SendMessages`` action could not be encoded (a payload
+        writer raised, or ``orjson`` could not serialise it): nothing of that write
+        left; close with ``HANDLER_ERROR`` (stage ``encode``), as when a handler method
+        raises."""
+        if self.phase is Phase.ENDED:
+            return
+        self._handler_failed("encode", exc, now)
 
     def stop(self, now: float) -> None:
         """The user stops the feed: close with 1000 (a close under way keeps its cause)."""
@@ -714,7 +729,7 @@ class Session:
 
     def _fire(self, event: _Input) -> None:
         self.phase = PHASE_TRANSITIONS[self.phase][event]
-        self._writable = self.is_open
+        self.writable = self.is_open
 
     def _handler_failed(self, stage: str, exc: BaseException, now: float) -> None:
         self._actions.append(HandlerFailed(stage, exc))
@@ -860,7 +875,7 @@ class Session:
         if self.phase is Phase.ENDED or self.closing is not None:
             return  # the first cause wins
         self.closing = disconnect
-        self._writable = False
+        self.writable = False
         self._pace_at = None
         # a LIVE not yet reported is never reported now: no on_connected for a
         # connection that is already closing

@@ -104,7 +104,13 @@ class ConnectOptions:
 
 
 class Connection(Protocol):
-    """One open WebSocket connection, as the supervisor sees it."""
+    """One open WebSocket connection, as the supervisor sees it.
+
+    Optional attribute ``sink``: what an :class:`~defi_ws._core.OutBuffer` writes
+    outbound frames to (picows' ``WSTransport`` for :class:`PicowsConnection`, written
+    without a copy when the socket takes them at once). Without it, frames go to
+    :meth:`write` as ``bytes``.
+    """
 
     listener: FeedListener
 
@@ -176,6 +182,11 @@ class PicowsConnection:
     @property
     def ws_transport(self) -> picows.WSTransport:
         """The underlying picows transport."""
+        return self._ws
+
+    @property
+    def sink(self) -> picows.WSTransport:
+        """Where outbound frames are written (see :class:`Connection`)."""
         return self._ws
 
     def write(self, data: bytes | bytearray) -> None:
@@ -438,6 +449,11 @@ class MemoryConnection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sink(self) -> MemoryConnection:
+        """Outbound frames go to :meth:`write` (see :class:`Connection`)."""
+        return self
 
     @property
     def close_sent(self) -> bool:

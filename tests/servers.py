@@ -4,6 +4,8 @@
   frame (any opcode, FIN and RSV bits, raw bytes).
 * :class:`RawServer`: a hand-written server that does the HTTP upgrade and then keeps
   every raw byte the client sent, so tests can check masking on the real wire.
+* :class:`DiscardServer`: a server in its own process that reads and discards, for
+  measurements of the client's send path.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import subprocess
+import sys
 from typing import Any
 
 import picows
@@ -162,3 +166,59 @@ class RawServer:
                     return frames
                 self.got_data.clear()
                 await self.got_data.wait()
+
+
+_DISCARD_SCRIPT = r"""
+import base64, hashlib, socket, sys
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+buf = bytearray(1 << 20)
+while True:
+    conn, _ = server.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    key = b""
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"sec-websocket-key:"):
+            key = line.split(b":", 1)[1].strip()
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    try:
+        while conn.recv_into(buf):
+            pass
+    except OSError:
+        pass
+    conn.close()
+""".replace("WS_GUID", repr(WS_GUID))
+
+
+class DiscardServer:
+    """A WebSocket server in its own process that reads and discards everything.
+
+    Its own process, so that nothing it allocates (or the GIL it would hold) touches
+    the test's measurements; it reads as fast as the client writes.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def __enter__(self) -> DiscardServer:
+        self._proc = subprocess.Popen([sys.executable, "-c", _DISCARD_SCRIPT],
+                                      stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
+        port = int(self._proc.stdout.readline())
+        self.url = f"ws://127.0.0.1:{port}/"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait(5)
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
