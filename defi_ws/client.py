@@ -79,7 +79,7 @@ from defi_ws.transport import (
     classify_connect_error,
     redact_url,
 )
-from defi_ws.urls import is_secure_url, url_config_problem, url_problem
+from defi_ws.urls import is_secure_url, proxy_url_problem, url_config_problem, url_problem
 
 __all__ = ["ErrorPolicy", "FeedClient"]
 
@@ -200,6 +200,9 @@ class FeedClient:
             ``RttRule(p99_above_s=0.5)`` or ``ErrorRateRule(10, 60)``.
         tls: TLS policy for ``wss://`` (default: verify certificates).
         extra_headers: extra HTTP headers for the upgrade request.
+        proxy: connect through this proxy: ``http://host:port`` (HTTP CONNECT),
+            ``https://``, ``socks4://`` or ``socks5://``, with ``user:password@`` if it
+            needs them (never logged); None connects directly.
         on_connected: called with no argument each time the feed becomes LIVE on an
             open connection.
         on_disconnected: called with the :class:`Disconnect` of each lost connection.
@@ -252,6 +255,7 @@ class FeedClient:
         health_rules: Sequence[HealthRule] = (),
         tls: TlsConfig | None = None,
         extra_headers: dict[str, str] | None = None,
+        proxy: str | None = None,
         on_connected: Callable[[], object] | None = None,
         on_disconnected: Callable[[Disconnect], object] | None = None,
         on_reconnected: Callable[[], object] | None = None,
@@ -284,6 +288,8 @@ class FeedClient:
                 f"max_retry_after_s must be a finite number > 0, got {max_retry_after_s!r}")
         if isinstance(handler, JsonHandler) and type(handler).url is JsonHandler.url:
             problems.extend(filter(None, [url_config_problem(handler.url(0), "handler url")]))
+        if proxy is not None and (problem := proxy_url_problem(proxy)) is not None:
+            problems.append(f"proxy: {problem}")
         if max_message_size < 1:
             problems.append(f"max_message_size must be >= 1, got {max_message_size!r}")
         if max_queued_messages < 1:
@@ -321,6 +327,7 @@ class FeedClient:
             handshake_timeout_s=connect_timeout_s,
             max_message_size=max_message_size,
             extra_headers=dict(extra_headers or {}),
+            proxy=proxy,
         )
         self._heartbeat = heartbeat or WsPing()
         # With the default clock the hot path's CLOCK_MONOTONIC receive stamps are on
@@ -922,12 +929,14 @@ class FeedClient:
         disconnect = cap_retry_after(disconnect, self._max_retry_after_s)
         self._record(disconnect)
         before = self._lc.state
-        actions = self._step(self._lc.lost(self._clock(), disconnect), before)
-        self._notify(self._on_disconnected, disconnect)
-        for action in actions:
+        actions = self._lc.lost(self._clock(), disconnect)
+        for action in actions:  # before any callback: snapshot() shows the wait
             if isinstance(action, Wait):
                 self._pending_wait = action
-            elif isinstance(action, GaveUp):
+        self._step(actions, before)
+        self._notify(self._on_disconnected, disconnect)
+        for action in actions:
+            if isinstance(action, GaveUp):
                 if _is_clean_end(action.disconnect) and self._classify(action.disconnect):
                     log.info("%s: feed ended by the peer (%s); not reconnecting", self.name,
                              action.disconnect.describe())

@@ -90,12 +90,15 @@ class ConnectOptions:
         max_message_size: the largest frame the transport accepts (1009 above).
         ssl_context: TLS settings for ``wss://`` URLs (None: system defaults).
         extra_headers: extra HTTP headers for the upgrade request.
+        proxy: connect through this proxy (``http://``, ``https://``, ``socks4://``,
+            ``socks5://``, credentials allowed), None for a direct connection.
     """
 
     handshake_timeout_s: float = 10.0
     max_message_size: int = 16 * 1024 * 1024
     ssl_context: ssl.SSLContext | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    proxy: str | None = None
 
 
 class Connection(Protocol):
@@ -294,6 +297,7 @@ class PicowsTransport:
             max_frame_size=options.max_message_size,
             extra_headers=dict(options.extra_headers) or None,
             max_redirects=0,
+            proxy=options.proxy,
             socket_factory=socket_factory,
             use_aiofastnet=use_aiofastnet,
         )
