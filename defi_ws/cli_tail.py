@@ -280,6 +280,7 @@ async def run_tail(args: argparse.Namespace) -> int:
             stale_after_s=args.stale_after,
             reconnect=reconnect_strategy(args.retries),
             stable_after_s=0.0,  # a connection that went LIVE resets the attempt count
+            topic_stats=True,  # per-topic detail in --stats
             on_connected=on_connected,
             on_disconnected=watch.on_disconnected,
             on_state_change=watch.on_state_change,
