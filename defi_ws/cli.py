@@ -1,18 +1,18 @@
 """The ``defi-ws`` command line.
 
-* ``defi-ws demo [--duration S] [--rate N] [--no-faults]``: starts the in-process
-  :class:`~defi_ws.testing.ExchangeSimulator`, connects a :class:`~defi_ws.FeedClient`
-  to it with a few topics, injects a fault every few seconds, and shows live counters,
-  then a summary. Alongside, a :class:`~defi_ws.FeedPool` with redundancy 2 runs
-  against a second simulator that cuts connections at a scaled-down age: the demo shows
-  its connections, which one delivers, duplicates dropped and rotations. It needs no
-  network.
+* ``defi-ws demo [--duration S] [--cycles N] [--rate N] [--fault-interval S]
+  [--no-faults] [--plain]``: a live dashboard of a :class:`~defi_ws.FeedClient` and a
+  redundancy-2 :class:`~defi_ws.FeedPool` against embedded venue simulators under
+  injected faults, until Ctrl-C (:mod:`defi_ws.dashboard`). It needs no network.
+* ``defi-ws sim [--port P] [--rate N] [--dialect D] [--faults S]``: a venue simulator
+  on 127.0.0.1 until Ctrl-C (its URL first, on stdout).
 * ``defi-ws tail URL [--subscribe JSON]... [--topic T]... [--ping ws|text:ping|json:{...}]
-  [--stale-after S] [--format raw|json|pretty] [--stats]
+  [--stale-after S] [--format auto|json|pretty|raw] [--stats] [--retries N|forever]
+  [--header K:V]... [--ca-file PEM | --insecure] [--proxy URL]
   [--redundancy N | --pool] [--dedup-id FIELD [--dedup-topic FIELD] | --dedup-hash FIELD]
-  [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr;
-  Ctrl-C prints a summary. With ``--redundancy N`` (N > 1) or ``--pool`` it tails a
-  :class:`~defi_ws.FeedPool` (each message printed once).
+  [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr
+  (:mod:`defi_ws.cli_tail`); Ctrl-C prints a summary. With ``--redundancy N`` (N > 1)
+  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once).
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
 
 Errors (bad URL, unreachable host, bad JSON) print one line and exit non-zero.
@@ -24,11 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -118,163 +116,6 @@ def pool_summary(snap: Mapping[str, Any], disconnects: Counter[str]) -> list[str
             f"{conn['messages']:>12,}{conn['duplicates']:>12,}{conn['age_s']:>8.1f}"
             f"{'-' if p50 is None else f'{p50:.2f}':>12}")
     return lines
-
-
-async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
-    """Run the demo; return the process exit status."""
-    from defi_ws.client import FeedClient
-    from defi_ws.handler import JsonHandler, VenueLimits
-    from defi_ws.heartbeat import WsPing
-    from defi_ws.pool import FeedPool
-    from defi_ws.reasons import Disconnect
-    from defi_ws.reconnect import ExponentialBackoff
-    from defi_ws.testing import ExchangeSimulator
-
-    received: Counter[str] = Counter()
-
-    def on_data(message: Any) -> None:
-        received[message.get("topic", "?")] += 1
-
-    # What the pool hands to the user: checked for duplicates and holes per topic.
-    pool_received = 0
-    pool_twice = 0
-    pool_last: dict[str, int] = {}
-    pool_disconnects: Counter[str] = Counter()
-
-    def on_pool_data(message: Any) -> None:
-        nonlocal pool_received, pool_twice
-        pool_received += 1
-        topic, seq = message.get("topic", "?"), message.get("seq", 0)
-        if seq <= pool_last.get(topic, 0):
-            pool_twice += 1
-        pool_last[topic] = max(seq, pool_last.get(topic, 0))
-
-    def on_pool_disconnect(disconnect: Disconnect) -> None:
-        pool_disconnects[disconnect.reason.label] += 1
-
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value / 1e6:.2f}"
-
-    fault_plan = ["drop_all", "close_all", "maintenance"]
-    pool_fault_plan = ["drop one connection", "shutdown notice"]
-    async with ExchangeSimulator(rate_per_s=rate_per_s) as sim, ExchangeSimulator(
-        rate_per_s=rate_per_s, max_connection_age_s=DEMO_POOL_MAX_AGE_S,
-        notice_before_s=1.0,
-    ) as pool_sim:
-        client = FeedClient(
-            JsonHandler(sim.url, on_data=on_data, sequence_field="seq"),
-            topics=TOPICS,
-            reconnect=ExponentialBackoff(initial_s=0.2, max_s=2.0),
-            heartbeat=WsPing(interval_s=0.5, timeout_s=2.0),
-            stale_after_s=2.0,
-            name="demo",
-        )
-        pool = FeedPool(
-            JsonHandler(pool_sim.url, on_data=on_pool_data, sequence_field="seq",
-                        limits=VenueLimits(max_connection_age_s=DEMO_POOL_MAX_AGE_S)),
-            topics=TOPICS,
-            redundancy=2,
-            rotate_before_s=1.5,
-            rotation_jitter_s=0.5,
-            rotation_overlap_s=0.25,
-            on_disconnected=on_pool_disconnect,
-            client_options={  # the heartbeat watches each connection
-                "reconnect": ExponentialBackoff(initial_s=0.2, max_s=2.0),
-                "heartbeat": WsPing(interval_s=0.5, timeout_s=2.0),
-            },
-            name="demo-pool",
-        )
-        watch = PoolWatch()
-        tty = sys.stdout.isatty()
-        width = shutil.get_terminal_size().columns - 1 if tty else 0
-        print(f"defi-ws demo: venue simulator at {sim.url}, topics {', '.join(TOPICS)}")
-        print("faults every 3 s: " + (", ".join(fault_plan) if faults else "off"))
-        print("columns: state, messages, rate, heartbeat RTT p50/p99 (ms), reconnects, "
-              "sequence gaps, last disconnect reason")
-        print(f"pool: a FeedPool with redundancy 2 on a second simulator at {pool_sim.url}, "
-              f"same topics; that venue cuts connections at {DEMO_POOL_MAX_AGE_S:g} s of age "
-              "(notice 1 s ahead), the pool rotates them before (make-before-break)")
-        print("pool faults every 3 s: " + (", ".join(pool_fault_plan) if faults else "off"))
-        print("pool columns: each connection (replica#serial), its state and its share of "
-              "the messages it delivered first (the other copy is a duplicate, dropped before "
-              "decode); duplicates dropped, rotations, gaps, user-visible disconnects, "
-              "messages delivered")
-        async with client, pool:
-            start = time.monotonic()
-            next_fault = start + 3.0
-            fault_index = 0
-            previous_total = 0
-            previous_t = start
-            drawn = False
-            while time.monotonic() - start < duration_s:
-                await asyncio.sleep(0.5)
-                now = time.monotonic()
-                total = sum(received.values())
-                rate = (total - previous_total) / max(now - previous_t, 1e-9)
-                previous_total, previous_t = total, now
-                last = client.last_disconnect
-                rtt = client.health.rtt
-                line = (
-                    f"t={now - start:5.1f}s {client.state.name:<14} msgs={total:>7} "
-                    f"rate={rate:>7,.0f}/s rtt={ms(rtt.percentile_ns(0.5))}/"
-                    f"{ms(rtt.percentile_ns(0.99))} reconnects={client.health.reconnects} "
-                    f"gaps={client.health.gaps} last={last.describe() if last else '-'}"
-                )
-                snap = pool.snapshot()
-                watch.rotated(snap)
-                conns = " ".join(
-                    f"{_connection_label(conn, snap['groups'])} {conn['state']} {share:3.0f}%"
-                    for conn, _, share in watch.shares(snap))
-                pool_line = (
-                    f"  pool {conns} | dups={_count(snap['duplicates_dropped'])} "
-                    f"rotations={snap['rotations']} gaps={snap['gaps']} "
-                    f"disconnects={sum(pool_disconnects.values())} delivered={pool_received}"
-                )
-                if tty:  # two lines redrawn in place
-                    up = "\x1b[1A" if drawn else ""
-                    drawn = True
-                    print(f"{up}\r\x1b[2K{line[:width]}\n\r\x1b[2K{pool_line[:width]}",
-                          end="", flush=True)
-                else:
-                    print(line)
-                    print(pool_line, flush=True)
-                if faults and now >= next_fault:
-                    fault = fault_plan[fault_index % len(fault_plan)]
-                    pool_fault = pool_fault_plan[fault_index % len(pool_fault_plan)]
-                    fault_index += 1
-                    next_fault = now + 3.0
-                    if fault == "drop_all":
-                        sim.drop_all()
-                    elif fault == "close_all":
-                        sim.close_all(1001, "going away")
-                    else:
-                        sim.maintenance()
-                    pool_conns = pool_sim.connections
-                    if pool_conns and pool_fault == "drop one connection":
-                        pool_sim.drop(pool_conns[0])  # the other one carries the feed
-                    elif pool_conns:
-                        pool_sim.announce_shutdown(pool_conns[0], cut_after_s=1.0)
-            if tty:
-                print()
-            pool_snap = pool.snapshot()  # before the pool stops: its connections
-        snap = client.snapshot()
-        print("\nsummary")
-        print(f"  messages received   {sum(received.values()):>10}")
-        for topic in TOPICS:
-            print(f"    {topic:<18}{received[topic]:>10}")
-        print(f"  reconnects          {snap['reconnects']:>10}")
-        print(f"  sequence gaps       {snap['gaps']:>10}")
-        print(f"  heartbeat RTT ms    p50 {snap['rtt']['p50_ms']}  p99 {snap['rtt']['p99_ms']}  "
-              f"max {snap['rtt']['max_ms']}  ({snap['rtt']['count']} pongs)")
-        for reason, count in client.health.disconnects.most_common():
-            print(f"  disconnects {reason:<18}{count:>5}")
-        print("\npool summary: " + "\n".join(pool_summary(pool_snap, pool_disconnects)))
-        print(f"  delivered twice     {pool_twice:>10}")
-        print(f"  venue notices       {pool_sim.shutdown_notices:>10}")
-        cuts = pool_sim.shutdown_cuts
-        print(f"  cut by the venue    {cuts:>10} "
-              f"({'a rotation came too late' if cuts else 'every rotation came first'})")
-    return 0
 
 
 class CliError(Exception):
@@ -647,6 +488,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="messages/s per topic (default 200)")
     demo.add_argument("--fault-interval", type=positive_seconds, default=3.0, metavar="S",
                       help="seconds between injected faults (default 3)")
+    demo.add_argument("--cycles", type=int, default=None, metavar="N",
+                      help="stop after N full cycles of fault kinds (for scripts)")
     demo.add_argument("--no-faults", action="store_true", help="do not inject faults")
     demo.add_argument("--plain", action="store_true",
                       help="one line per event, no live redraw (the default in a pipe)")
@@ -761,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(forwarded)
         if args.command == "tail":
             check_tail_args(args)  # usage errors before anything runs
-        quiet_logs(args.command != "sim" and args.verbose)
+        # The demo routes its logs itself (above the live view, or as lines).
+        quiet_logs(args.command == "tail" and args.verbose)
         runner = _runner()
         if args.command == "sim":
             return int(runner(run_sim(args)))
