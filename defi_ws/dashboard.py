@@ -183,7 +183,7 @@ class Demo:
         if snap["backoff_s"] is not None:
             retry_after = snap["retry_after_s"]
             self.log("feed", f"retry in {snap['backoff_s']:.2f} s" + (
-                f" (the venue's Retry-After {retry_after:g} s honoured)"
+                f" (>= the venue's Retry-After {retry_after:g} s)"
                 if retry_after is not None else ""), "yellow")
 
     def on_connected(self) -> None:

@@ -30,7 +30,7 @@ OUTCOMES = {
     "close": r"feed +disconnected: peer_close \(code 1011\)",
     "maintenance": r"feed +disconnected: peer_close \(code 1001\): maintenance",
     "reject_handshake": r"handshake_rejected \(HTTP 429\).*\n(.*\n)*.*retry in [\d.]+ s "
-                        r"\(the venue's Retry-After 1 s honoured\)",
+                        r"\(>= the venue's Retry-After 1 s\)",
     "silence": r"feed +disconnected: (ping_timeout|stale)",
     "withhold_pongs": r"feed +disconnected: ping_timeout",
     "garbage": r"feed +disconnected: protocol_error \(code 1002\)",
