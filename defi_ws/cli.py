@@ -1,18 +1,18 @@
 """The ``defi-ws`` command line.
 
-* ``defi-ws demo [--duration S] [--rate N] [--no-faults]``: starts the in-process
-  :class:`~defi_ws.testing.ExchangeSimulator`, connects a :class:`~defi_ws.FeedClient`
-  to it with a few topics, injects a fault every few seconds, and shows live counters,
-  then a summary. Alongside, a :class:`~defi_ws.FeedPool` with redundancy 2 runs
-  against a second simulator that cuts connections at a scaled-down age: the demo shows
-  its connections, which one delivers, duplicates dropped and rotations. It needs no
-  network.
+* ``defi-ws demo [--duration S] [--cycles N] [--rate N] [--fault-interval S]
+  [--no-faults] [--plain]``: a live dashboard of a :class:`~defi_ws.FeedClient` and a
+  redundancy-2 :class:`~defi_ws.FeedPool` against embedded venue simulators under
+  injected faults, until Ctrl-C (:mod:`defi_ws.dashboard`). It needs no network.
+* ``defi-ws sim [--port P] [--rate N] [--dialect D] [--faults S]``: a venue simulator
+  on 127.0.0.1 until Ctrl-C (its URL first, on stdout).
 * ``defi-ws tail URL [--subscribe JSON]... [--topic T]... [--ping ws|text:ping|json:{...}]
-  [--stale-after S] [--format raw|json|pretty] [--stats]
+  [--stale-after S] [--format auto|json|pretty|raw] [--stats] [--retries N|forever]
+  [--header K:V]... [--ca-file PEM | --insecure] [--proxy URL]
   [--redundancy N | --pool] [--dedup-id FIELD [--dedup-topic FIELD] | --dedup-hash FIELD]
-  [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr;
-  Ctrl-C prints a summary. With ``--redundancy N`` (N > 1) or ``--pool`` it tails a
-  :class:`~defi_ws.FeedPool` (each message printed once).
+  [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr
+  (:mod:`defi_ws.cli_tail`); Ctrl-C prints a summary. With ``--redundancy N`` (N > 1)
+  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once).
 * ``defi-ws run gateway.toml [--check] [--verbose]``: runs the feed gateway
   (:mod:`defi_ws.gateway`) until SIGTERM/SIGINT, then drains.
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
@@ -26,15 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -122,163 +120,6 @@ def pool_summary(snap: Mapping[str, Any], disconnects: Counter[str]) -> list[str
     return lines
 
 
-async def run_demo(duration_s: float, rate_per_s: float, faults: bool) -> int:
-    """Run the demo; return the process exit status."""
-    from defi_ws.client import FeedClient
-    from defi_ws.handler import JsonHandler, VenueLimits
-    from defi_ws.heartbeat import WsPing
-    from defi_ws.pool import FeedPool
-    from defi_ws.reasons import Disconnect
-    from defi_ws.reconnect import ExponentialBackoff
-    from defi_ws.testing import ExchangeSimulator
-
-    received: Counter[str] = Counter()
-
-    def on_data(message: Any) -> None:
-        received[message.get("topic", "?")] += 1
-
-    # What the pool hands to the user: checked for duplicates and holes per topic.
-    pool_received = 0
-    pool_twice = 0
-    pool_last: dict[str, int] = {}
-    pool_disconnects: Counter[str] = Counter()
-
-    def on_pool_data(message: Any) -> None:
-        nonlocal pool_received, pool_twice
-        pool_received += 1
-        topic, seq = message.get("topic", "?"), message.get("seq", 0)
-        if seq <= pool_last.get(topic, 0):
-            pool_twice += 1
-        pool_last[topic] = max(seq, pool_last.get(topic, 0))
-
-    def on_pool_disconnect(disconnect: Disconnect) -> None:
-        pool_disconnects[disconnect.reason.label] += 1
-
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value / 1e6:.2f}"
-
-    fault_plan = ["drop_all", "close_all", "maintenance"]
-    pool_fault_plan = ["drop one connection", "shutdown notice"]
-    async with ExchangeSimulator(rate_per_s=rate_per_s) as sim, ExchangeSimulator(
-        rate_per_s=rate_per_s, max_connection_age_s=DEMO_POOL_MAX_AGE_S,
-        notice_before_s=1.0,
-    ) as pool_sim:
-        client = FeedClient(
-            JsonHandler(sim.url, on_data=on_data, sequence_field="seq"),
-            topics=TOPICS,
-            reconnect=ExponentialBackoff(initial_s=0.2, max_s=2.0),
-            heartbeat=WsPing(interval_s=0.5, timeout_s=2.0),
-            stale_after_s=2.0,
-            name="demo",
-        )
-        pool = FeedPool(
-            JsonHandler(pool_sim.url, on_data=on_pool_data, sequence_field="seq",
-                        limits=VenueLimits(max_connection_age_s=DEMO_POOL_MAX_AGE_S)),
-            topics=TOPICS,
-            redundancy=2,
-            rotate_before_s=1.5,
-            rotation_jitter_s=0.5,
-            rotation_overlap_s=0.25,
-            on_disconnected=on_pool_disconnect,
-            client_options={  # the heartbeat watches each connection
-                "reconnect": ExponentialBackoff(initial_s=0.2, max_s=2.0),
-                "heartbeat": WsPing(interval_s=0.5, timeout_s=2.0),
-            },
-            name="demo-pool",
-        )
-        watch = PoolWatch()
-        tty = sys.stdout.isatty()
-        width = shutil.get_terminal_size().columns - 1 if tty else 0
-        print(f"defi-ws demo: venue simulator at {sim.url}, topics {', '.join(TOPICS)}")
-        print("faults every 3 s: " + (", ".join(fault_plan) if faults else "off"))
-        print("columns: state, messages, rate, heartbeat RTT p50/p99 (ms), reconnects, "
-              "sequence gaps, last disconnect reason")
-        print(f"pool: a FeedPool with redundancy 2 on a second simulator at {pool_sim.url}, "
-              f"same topics; that venue cuts connections at {DEMO_POOL_MAX_AGE_S:g} s of age "
-              "(notice 1 s ahead), the pool rotates them before (make-before-break)")
-        print("pool faults every 3 s: " + (", ".join(pool_fault_plan) if faults else "off"))
-        print("pool columns: each connection (replica#serial), its state and its share of "
-              "the messages it delivered first (the other copy is a duplicate, dropped before "
-              "decode); duplicates dropped, rotations, gaps, user-visible disconnects, "
-              "messages delivered")
-        async with client, pool:
-            start = time.monotonic()
-            next_fault = start + 3.0
-            fault_index = 0
-            previous_total = 0
-            previous_t = start
-            drawn = False
-            while time.monotonic() - start < duration_s:
-                await asyncio.sleep(0.5)
-                now = time.monotonic()
-                total = sum(received.values())
-                rate = (total - previous_total) / max(now - previous_t, 1e-9)
-                previous_total, previous_t = total, now
-                last = client.last_disconnect
-                rtt = client.health.rtt
-                line = (
-                    f"t={now - start:5.1f}s {client.state.name:<14} msgs={total:>7} "
-                    f"rate={rate:>7,.0f}/s rtt={ms(rtt.percentile_ns(0.5))}/"
-                    f"{ms(rtt.percentile_ns(0.99))} reconnects={client.health.reconnects} "
-                    f"gaps={client.health.gaps} last={last.describe() if last else '-'}"
-                )
-                snap = pool.snapshot()
-                watch.rotated(snap)
-                conns = " ".join(
-                    f"{_connection_label(conn, snap['groups'])} {conn['state']} {share:3.0f}%"
-                    for conn, _, share in watch.shares(snap))
-                pool_line = (
-                    f"  pool {conns} | dups={_count(snap['duplicates_dropped'])} "
-                    f"rotations={snap['rotations']} gaps={snap['gaps']} "
-                    f"disconnects={sum(pool_disconnects.values())} delivered={pool_received}"
-                )
-                if tty:  # two lines redrawn in place
-                    up = "\x1b[1A" if drawn else ""
-                    drawn = True
-                    print(f"{up}\r\x1b[2K{line[:width]}\n\r\x1b[2K{pool_line[:width]}",
-                          end="", flush=True)
-                else:
-                    print(line)
-                    print(pool_line, flush=True)
-                if faults and now >= next_fault:
-                    fault = fault_plan[fault_index % len(fault_plan)]
-                    pool_fault = pool_fault_plan[fault_index % len(pool_fault_plan)]
-                    fault_index += 1
-                    next_fault = now + 3.0
-                    if fault == "drop_all":
-                        sim.drop_all()
-                    elif fault == "close_all":
-                        sim.close_all(1001, "going away")
-                    else:
-                        sim.maintenance()
-                    pool_conns = pool_sim.connections
-                    if pool_conns and pool_fault == "drop one connection":
-                        pool_sim.drop(pool_conns[0])  # the other one carries the feed
-                    elif pool_conns:
-                        pool_sim.announce_shutdown(pool_conns[0], cut_after_s=1.0)
-            if tty:
-                print()
-            pool_snap = pool.snapshot()  # before the pool stops: its connections
-        snap = client.snapshot()
-        print("\nsummary")
-        print(f"  messages received   {sum(received.values()):>10}")
-        for topic in TOPICS:
-            print(f"    {topic:<18}{received[topic]:>10}")
-        print(f"  reconnects          {snap['reconnects']:>10}")
-        print(f"  sequence gaps       {snap['gaps']:>10}")
-        print(f"  heartbeat RTT ms    p50 {snap['rtt']['p50_ms']}  p99 {snap['rtt']['p99_ms']}  "
-              f"max {snap['rtt']['max_ms']}  ({snap['rtt']['count']} pongs)")
-        for reason, count in client.health.disconnects.most_common():
-            print(f"  disconnects {reason:<18}{count:>5}")
-        print("\npool summary: " + "\n".join(pool_summary(pool_snap, pool_disconnects)))
-        print(f"  delivered twice     {pool_twice:>10}")
-        print(f"  venue notices       {pool_sim.shutdown_notices:>10}")
-        cuts = pool_sim.shutdown_cuts
-        print(f"  cut by the venue    {cuts:>10} "
-              f"({'a rotation came too late' if cuts else 'every rotation came first'})")
-    return 0
-
-
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
@@ -317,6 +158,31 @@ def checked_url(url: str) -> str:
     return url
 
 
+class NotJson:
+    """A message ``--format auto`` could not parse as JSON: printed as it came."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def printable(self) -> bytes:
+        """The text as it came, or ``<N bytes, not UTF-8: repr>`` for binary data."""
+        try:
+            self.data.decode()
+        except UnicodeDecodeError:
+            return f"<{len(self.data)} bytes, not UTF-8: {self.data[:200]!r}>".encode()
+        return self.data.replace(b"\n", b"\\n")
+
+
+def auto_decode(view: memoryview) -> Any:
+    """``--format auto``: JSON when it parses, else the payload as it came."""
+    try:
+        return orjson.loads(view)
+    except orjson.JSONDecodeError:
+        return NotJson(bytes(view))
+
+
 def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
     """The handler tail runs: each data message to ``out`` in ``fmt``, one per line.
 
@@ -328,17 +194,17 @@ def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
     from defi_ws.handler import JsonHandler
 
     option = orjson.OPT_INDENT_2 if fmt == "pretty" else 0
+    decode: Callable[[memoryview], Any] | None = (
+        None if fmt == "raw" else auto_decode if fmt == "auto" else orjson.loads)
 
     class Tail(JsonHandler):
-        decode: Callable[[memoryview], Any] | None = (
-            None if fmt == "raw" else staticmethod(orjson.loads))
         control_prefixes: tuple[bytes, ...] | None = (
             JsonHandler.control_prefixes if topics else ())  # () : nothing to classify
         #: Data messages printed.
         printed = 0
 
         def classify(self, message: Any) -> Any:
-            if not topics:
+            if not topics or isinstance(message, NotJson):
                 return []
             if isinstance(message, memoryview):  # --format raw: decode=None
                 try:
@@ -351,10 +217,13 @@ def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
             self.printed += 1
             if fmt == "raw":
                 out.write(bytes(message) + b"\n")
+            elif isinstance(message, NotJson):
+                out.write(message.printable() + b"\n")
             else:
                 out.write(orjson.dumps(message, option=option) + b"\n")
 
     handler = Tail(url)
+    handler.decode = decode
     handler.dedup = None  # a pool de-duplicates only as the flags say
     return handler
 
@@ -394,94 +263,6 @@ def check_tail_args(args: argparse.Namespace) -> None:
         raise CliError("a pool needs at least one --topic (it opens connections for topics)")
 
 
-async def run_tail(args: argparse.Namespace) -> int:
-    """Tail a feed until Ctrl-C (or --duration); return the exit status."""
-    from defi_ws.client import FeedClient
-    from defi_ws.errors import FatalDisconnect
-    from defi_ws.reconnect import ExponentialBackoff
-    from defi_ws.transport import redact_url
-
-    url = checked_url(args.url)
-    subscribe: list[Any] = []
-    for text in args.subscribe:
-        try:
-            subscribe.append(orjson.loads(text))
-        except orjson.JSONDecodeError as exc:
-            raise CliError(f"--subscribe: not valid JSON ({exc}): {text[:60]!r}") from None
-    heartbeat = parse_ping(args.ping)
-    out = sys.stdout.buffer
-    handler = tail_handler(url, args.format, out, topics=bool(args.topic))
-
-    client: FeedClient
-
-    went_live = False
-
-    def on_connected() -> None:
-        nonlocal went_live
-        went_live = True
-        if subscribe:
-            client.send_batch(subscribe)
-        status(f"live on {redact_url(url)}")
-
-    def on_disconnected(disconnect: Any) -> None:
-        if went_live:  # before the first success, only the final error is worth a line
-            status(f"disconnected: {disconnect.describe()}")
-
-    def status(text: str) -> None:
-        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
-
-    client = FeedClient(
-        handler,
-        topics=args.topic,
-        heartbeat=heartbeat,
-        stale_after_s=args.stale_after,
-        reconnect=ExponentialBackoff(initial_s=0.5, max_s=10.0, max_attempts=args.retries),
-        on_connected=on_connected,
-        on_disconnected=on_disconnected,
-        name="tail",
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    status_code = 0
-    try:
-        async with client:
-            deadline = None if args.duration is None else loop.time() + args.duration
-            while not stop.is_set():
-                if client.state.name == "CLOSED":
-                    break
-                every = args.status_interval
-                timeout = every if deadline is None else max(0.0, deadline - loop.time())
-                try:
-                    await asyncio.wait_for(stop.wait(), min(timeout, every))
-                except TimeoutErrors:
-                    pass
-                if deadline is not None and loop.time() >= deadline:
-                    break
-                if args.stats:
-                    status(orjson.dumps(client.snapshot()).decode())
-                out.flush()
-        if client.fatal is not None:
-            raise client.fatal
-    except FatalDisconnect as exc:
-        print(f"defi-ws: error: {exc.disconnect.describe()}", file=sys.stderr)
-        status_code = 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        out.flush()
-    if not went_live:
-        return status_code
-    snap = client.snapshot()
-    status(
-        f"summary: {snap['messages']} messages, {snap['bytes_received']} bytes, "
-        f"{snap['reconnects']} reconnects, disconnects {snap['disconnects']}, "
-        f"rtt p50 {snap['rtt']['p50_ms']} ms"
-    )
-    return status_code
-
-
 def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) -> str:
     """One line about a pool: live count, each connection with its share of the messages
     delivered since the previous line, totals."""
@@ -500,13 +281,13 @@ def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) ->
 async def run_tail_pool(args: argparse.Namespace) -> int:
     """Tail a :class:`~defi_ws.FeedPool` until Ctrl-C (or --duration); return the exit
     status."""
+    from defi_ws.cli_tail import connection_options, reconnect_strategy
     from defi_ws.client import FeedClient
     from defi_ws.errors import ConfigError
     from defi_ws.handler import DedupSpec, VenueLimits
     from defi_ws.lifecycle import State
     from defi_ws.pool import FeedPool
     from defi_ws.reasons import Disconnect
-    from defi_ws.reconnect import ExponentialBackoff
     from defi_ws.sequence import Gap
     from defi_ws.transport import redact_url
 
@@ -560,6 +341,7 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
     def on_rejected(topic: str, detail: str) -> None:
         status(f"subscription {topic!r} rejected: {detail}")
 
+    wake = asyncio.Event()  # stop, or a connection closed for good
     try:
         pool = FeedPool(
             handler,
@@ -573,9 +355,14 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
             client_options={
                 "heartbeat": heartbeat,
                 "stale_after_s": args.stale_after,
-                "reconnect": ExponentialBackoff(initial_s=0.5, max_s=10.0,
-                                                max_attempts=args.retries),
+                "reconnect": reconnect_strategy(args.retries),
+                "stable_after_s": 0.0,  # a connection that went LIVE resets the count
                 "on_connected": on_connected,
+                # A connection that ends wakes the loop at once (no polling delay).
+                "on_gave_up": lambda _disconnect: wake.set(),
+                "on_state_change": lambda _old, new: wake.set() if new is State.CLOSED
+                else None,
+                **connection_options(args, status),
             },
             name="tail",
         )
@@ -583,8 +370,14 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        wake.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    started = loop.time()
     watch = PoolWatch()
     reported: set[int] = set()  # connections whose giving up was reported
     fatal: FeedClient | None = None
@@ -596,6 +389,7 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
             deadline = None if args.duration is None else loop.time() + args.duration
             next_status = loop.time() + args.status_interval
             while not stop.is_set():
+                wake.clear()
                 snap = pool.snapshot()
                 clients = pool.clients()  # same order as snap["connections"]
                 for conn, client in zip(snap["connections"], clients, strict=False):
@@ -622,7 +416,7 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
                     break
                 timeout = 0.25 if deadline is None else min(0.25, max(0.0, deadline - now))
                 with contextlib.suppress(*TimeoutErrors):
-                    await asyncio.wait_for(stop.wait(), timeout)
+                    await asyncio.wait_for(wake.wait(), timeout)
             snap = pool.snapshot()  # before the pool stops: its connections
         if ended and fatal is not None and fatal.fatal is not None:
             print(f"defi-ws: error: {fatal.fatal.disconnect.describe()}", file=sys.stderr)
@@ -632,6 +426,11 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
         out.flush()
     if not went_live:
+        if stop.is_set():  # Ctrl-C before any connection went LIVE
+            status(f"summary: never live; {snap['connections_opened']} connection(s) "
+                   f"opened in {loop.time() - started:.1f} s, disconnects "
+                   + (", ".join(f"{reason} {count}" for reason, count
+                                in disconnects.most_common()) or "none"))
         return status_code
     status(
         f"summary: {handler.printed:,} messages, "
@@ -657,17 +456,50 @@ def run_bench(argv: list[str]) -> int:
     return subprocess.call([sys.executable, str(script), *argv])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``defi-ws`` / ``python -m defi_ws``."""
-    parser = argparse.ArgumentParser(prog="defi-ws", description="defi-ws command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="live feed against an embedded venue simulator")
-    demo.add_argument("--duration", type=float, default=12.0, help="seconds to run")
-    demo.add_argument("--rate", type=float, default=200.0, help="messages/s per topic")
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as the CLI prints them: a bad value of an option is one line
+    (``defi-ws: error: --retries: ...``); anything else (an unknown flag, a missing
+    argument) shows the usage of the (sub)command it belongs to."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument -"):
+            self.exit(2, f"defi-ws: error: {message[len('argument '):]}\n")
+        super().error(message)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``defi-ws`` parser and its subcommands' parsers, by name."""
+    from defi_ws.cli_tail import parse_header, parse_retries, positive_seconds
+
+    parser = _Parser(prog="defi-ws", description="defi-ws command line: tail a feed, "
+                     "watch the demo, run a local venue simulator, run the benchmarks. "
+                     "`defi-ws COMMAND --help` for each command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    demo = sub.add_parser(
+        "demo", help="live dashboard of a feed and a pool under injected faults",
+        description="A live terminal dashboard: a FeedClient and a redundancy-2 FeedPool "
+                    "against two embedded venue simulators (no network), with a fault "
+                    "injected every few seconds (every kind the simulator has, in a cycle) "
+                    "and an event log of each fault, the reason the client classified, "
+                    "gaps and recoveries. Runs until Ctrl-C (a summary table, exit 0) or "
+                    "--duration. In a pipe it prints one line per event instead.")
+    demo.add_argument("--duration", type=positive_seconds, default=None, metavar="S",
+                      help="stop after S seconds (default: run until Ctrl-C)")
+    demo.add_argument("--rate", type=positive_seconds, default=200.0, metavar="N",
+                      help="messages/s per topic (default 200)")
+    demo.add_argument("--fault-interval", type=positive_seconds, default=3.0, metavar="S",
+                      help="seconds between injected faults (default 3)")
+    demo.add_argument("--cycles", type=int, default=None, metavar="N",
+                      help="stop after N full cycles of fault kinds (for scripts)")
     demo.add_argument("--no-faults", action="store_true", help="do not inject faults")
+    demo.add_argument("--plain", action="store_true",
+                      help="one line per event, no live redraw (the default in a pipe)")
+    demo.add_argument("--verbose", action="store_true", help="library logs to stderr")
     tail = sub.add_parser(
         "tail", help="tail a feed (messages to stdout, status to stderr)",
-        description="Tail a feed: messages to stdout, status to stderr, reconnects, a summary "
+        description="Tail a feed: messages to stdout, status to stderr (every connect "
+                    "attempt, disconnect, retry and the outcome), reconnects, a summary "
                     "on Ctrl-C. With --redundancy N (N > 1) or --pool it runs a FeedPool: N "
                     "connections carry the same topics, each message is printed once "
                     "(duplicates are recognised from raw bytes by --dedup-id or --dedup-hash "
@@ -678,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                     "{\"event\":\"subscribed\",\"topic\":...}, notices {\"event\":\"notice\"}), "
                     "not raw --subscribe messages; for another protocol, write a handler "
                     "(examples/).")
-    tail.add_argument("url")
+    tail.add_argument("url", help="ws:// or wss:// URL of the feed")
     tail.add_argument("--subscribe", action="append", default=[], metavar="JSON",
                       help="a raw message sent after each (re)connect; repeatable "
                            "(single connection only: a pool takes --topic)")
@@ -687,15 +519,33 @@ def main(argv: list[str] | None = None) -> int:
                            '({"op":"subscribe","args":[T,...]}), acked and re-subscribed on '
                            "every connection; repeatable; required with a pool")
     tail.add_argument("--ping", default="ws", help="ws | none | text:ping[:pong] | json:{...}")
-    tail.add_argument("--stale-after", type=float, default=None, metavar="S",
+    tail.add_argument("--stale-after", type=positive_seconds, default=None, metavar="S",
                       help="reconnect when no data arrives for S seconds")
-    tail.add_argument("--format", choices=["raw", "json", "pretty"], default="json")
+    tail.add_argument("--format", choices=["auto", "json", "pretty", "raw"], default="auto",
+                      help="auto (default): JSON re-encoded on one line, anything else "
+                           "printed as it came; json: JSON only (other messages are counted "
+                           "as decode errors); pretty: indented JSON; raw: bytes as received")
     tail.add_argument("--stats", action="store_true",
-                      help="health snapshot (JSON) to stderr every --status-interval; with a "
-                           "pool, the summary adds a table of its connections")
-    tail.add_argument("--retries", type=int, default=5,
-                      help="consecutive failed attempts before giving up")
-    tail.add_argument("--duration", type=float, default=None, help=argparse.SUPPRESS)
+                      help="health snapshot (JSON) to stderr every --status-interval and a "
+                           "readable one at the end; with a pool, the summary adds a table "
+                           "of its connections")
+    tail.add_argument("--retries", type=parse_retries, default=5, metavar="N|forever",
+                      help="failed attempts in a row before giving up (a connection that "
+                           "went live resets the count); 0: never reconnect; forever: never "
+                           "give up (default 5)")
+    tail.add_argument("--header", type=parse_header, action="append", default=[],
+                      metavar="NAME:VALUE", help="an HTTP header of the upgrade request "
+                                                 "(e.g. an API key); repeatable")
+    tail.add_argument("--ca-file", metavar="PEM",
+                      help="trust the CAs in this PEM file instead of the system's")
+    tail.add_argument("--insecure", action="store_true",
+                      help="do not verify the venue's TLS certificate (local testing only; "
+                           "prints a warning)")
+    tail.add_argument("--proxy", metavar="URL",
+                      help="connect through a proxy: http://host:port (HTTP CONNECT), "
+                           "https://, socks4:// or socks5://, user:password@ allowed")
+    tail.add_argument("--duration", type=positive_seconds, default=None, metavar="S",
+                      help="stop after S seconds (for scripts; default: until Ctrl-C)")
     tail.add_argument("--redundancy", type=int, default=1, metavar="N",
                       help="connections carrying the same topics (hot-hot); N > 1 runs a "
                            "FeedPool and needs --dedup-id or --dedup-hash (default 1)")
@@ -715,42 +565,114 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("--max-age", type=float, default=None, metavar="S",
                       help="with a pool: the venue cuts connections at this age (Binance: "
                            "86400); each is replaced before it, make-before-break")
-    tail.add_argument("--status-interval", type=float, default=5.0, metavar="S",
+    tail.add_argument("--status-interval", type=positive_seconds, default=5.0, metavar="S",
                       help="seconds between status lines of a pool and --stats snapshots "
                            "(default 5)")
-    bench = sub.add_parser("bench", help="run the benchmarks (source checkout)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    tail.add_argument("--verbose", action="store_true", help="library logs to stderr")
+    sim = sub.add_parser(
+        "sim", help="run a local venue simulator (prints its URL) until Ctrl-C",
+        description="Run the embedded venue simulator (defi_ws.testing.ExchangeSimulator) "
+                    "on 127.0.0.1 until Ctrl-C: it speaks JsonHandler's generic protocol "
+                    "(or --dialect), streams trades on any topic subscribed, and prints its "
+                    "URL first. Point the README quickstart or `defi-ws tail` at it.")
+    sim.add_argument("--port", type=int, default=8765,
+                     help="TCP port on 127.0.0.1 (default 8765; 0 picks a free one)")
+    sim.add_argument("--rate", type=float, default=10.0, metavar="N",
+                     help="messages/s per subscribed topic (default 10)")
+    sim.add_argument("--dialect", default="generic", choices=["generic", "binance", "okx"],
+                     help="venue protocol to speak (default generic)")
+    sim.add_argument("--faults", type=positive_seconds, default=None, metavar="S",
+                     help="inject a random recoverable fault every S seconds")
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks (source checkout)",
+        description="Run bench/run.py of the source checkout (every benchmark, tables on "
+                    "stdout). Arguments after `--` go to bench/run.py: "
+                    "`defi-ws bench -- --help` lists them.")
+    bench.add_argument("args", nargs=argparse.REMAINDER,
+                       help="arguments for bench/run.py (after --)")
     run = sub.add_parser("run", help="run a gateway: pools per venue -> NATS JetStream / "
                                      "files / stdout, /metrics, /healthz (README: Running as "
                                      "a gateway)")
     run.add_argument("config", help="the gateway's TOML file")
     run.add_argument("--check", action="store_true", help="validate the file and exit")
     run.add_argument("--verbose", action="store_true", help="log at INFO")
-    tail.add_argument("--verbose", action="store_true", help="log to stderr")
-    demo.add_argument("--verbose", action="store_true", help="log to stderr")
-    args = parser.parse_args(argv)
+    return parser, {"demo": demo, "tail": tail, "sim": sim, "bench": bench, "run": run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``defi-ws`` / ``python -m defi_ws``."""
+    parser, commands = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not the top-level one
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command == "bench":
+            forwarded = args.args[1:] if args.args[:1] == ["--"] else args.args
+            return run_bench(forwarded)
         if args.command == "tail":
             check_tail_args(args)  # usage errors before anything runs
-        if args.command not in ("bench", "run"):
-            quiet_logs(args.verbose)
-        if args.command == "bench":
-            return run_bench(args.args)
         if args.command == "run":
             from defi_ws.gateway.cli import run_gateway
 
             return run_gateway(args.config, verbose=args.verbose, check_only=args.check)
+        # The demo routes its logs itself (above the live view, or as lines).
+        quiet_logs(args.command == "tail" and args.verbose)
         runner = _runner()
+        if args.command == "sim":
+            return int(runner(run_sim(args)))
         if args.command == "demo":
-            return int(runner(run_demo(args.duration, args.rate, not args.no_faults)))
+            from defi_ws.dashboard import run_demo
+
+            return int(runner(run_demo(args)))
         if args.pool or args.redundancy > 1:
             return int(runner(run_tail_pool(args)))
+        from defi_ws.cli_tail import run_tail
+
         return int(runner(run_tail(args)))
     except CliError as exc:
         print(f"defi-ws: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+async def run_sim(args: argparse.Namespace) -> int:
+    """``defi-ws sim``: a simulator on 127.0.0.1 until Ctrl-C; its URL on stdout first."""
+    import random
+
+    from defi_ws.testing import Dialect, ExchangeSimulator
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sim = ExchangeSimulator(port=args.port, rate_per_s=args.rate, seed=args.seed,
+                            dialect=Dialect(args.dialect))
+    try:
+        try:
+            await sim.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+                           + (" (another `defi-ws sim`? try --port 0)"
+                              if args.port else "")) from None
+        try:
+            print(sim.url, flush=True)
+            print(f"[defi-ws] venue simulator ({args.dialect} protocol) on {sim.url}: "
+                  f"{args.rate:g} messages/s per subscribed topic"
+                  + (f", a random fault every {args.faults:g} s" if args.faults else "")
+                  + "; Ctrl-C stops it", file=sys.stderr, flush=True)
+            if args.faults:
+                sim.random_faults(random.Random(args.seed), args.faults)
+            await stop.wait()
+        finally:
+            await sim.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print(f"[defi-ws] simulator stopped: {sim.connections_accepted} connection(s) served",
+          file=sys.stderr, flush=True)
+    return 0
 
 
 def quiet_logs(verbose: bool) -> None:

@@ -7,6 +7,7 @@ it from its watchdog tick (never per message); the hot path only bumps C counter
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -313,6 +314,10 @@ class Health:
         self.gaps = 0
         self.connected_at: float | None = None
         self.last_disconnect: str | None = None
+        #: Receive stamps (CLOCK_MONOTONIC ns) of the last frame and the last data
+        #: message of connections that ended (0: none).
+        self.last_recv_ns = 0
+        self.last_data_ns = 0
         self._totals = dict.fromkeys(self._COUNTERS, 0)
         self._listener: Any = None
         self._routed: Any = None
@@ -336,6 +341,8 @@ class Health:
         if self._listener is not None:
             for name in self._COUNTERS:
                 self._totals[name] += getattr(self._listener, name)
+            self.last_recv_ns = max(self.last_recv_ns, self._listener.last_recv_ns or 0)
+            self.last_data_ns = max(self.last_data_ns, self._listener.last_data_ns or 0)
         if self._routed is not None:
             self._totals["messages"] += self._routed.routed_messages
         self._listener = None
@@ -349,36 +356,71 @@ class Health:
             live += self._routed.routed_messages
         return int(self._totals[name] + live)
 
-    def snapshot(self, now: float | None = None, **extra: Any) -> dict[str, Any]:
-        """A plain dict, ready for JSON or logging.
+    def snapshot(self, now: float | None = None, *, now_ns: int | None = None,
+                 wall_s: float | None = None, **extra: Any) -> dict[str, Any]:
+        """A plain dict, ready for JSON or logging (fields: :meth:`FeedClient.snapshot()
+        <defi_ws.FeedClient.snapshot>`).
 
         Args:
             now: the caller's clock, for ``connected_for_s``.
+            now_ns: CLOCK_MONOTONIC now in ns (the hot path's clock), for the ages of
+                receive stamps; None leaves those ages out (None).
+            wall_s: the wall clock (``time.time()``) at ``now``/``now_ns``, for the
+                ``*_at`` timestamps; None leaves them out (None).
             extra: more fields to include (the client adds state and topics).
         """
         listener = self._listener
         data: dict[str, Any] = {name: self.counter(name) for name in self._COUNTERS}
+        last_recv = max(self.last_recv_ns, 0 if listener is None else listener.last_recv_ns or 0)
+        last_data = max(self.last_data_ns, 0 if listener is None else listener.last_data_ns or 0)
+        connected_for = (None if now is None or self.connected_at is None
+                         else round(now - self.connected_at, 3))
+        decode, callback = data["decode_errors"], data["callback_errors"]
         data.update(
             connected=listener is not None,
-            connected_for_s=(
-                None if now is None or self.connected_at is None
-                else round(now - self.connected_at, 3)
-            ),
+            connected_for_s=connected_for,
+            connected_at=None if connected_for is None else _wall(wall_s, connected_for),
             last_recv_ns=None if listener is None else listener.last_recv_ns,
             last_data_ns=None if listener is None else listener.last_data_ns,
+            last_recv_age_s=_age_s(now_ns, last_recv),
+            last_recv_at=_wall(wall_s, _age_s(now_ns, last_recv)),
+            last_data_age_s=_age_s(now_ns, last_data),
+            last_data_at=_wall(wall_s, _age_s(now_ns, last_data)),
             connects=self.connects,
             reconnects=self.reconnects,
             disconnects=dict(self.disconnects),
             last_disconnect=self.last_disconnect,
             handler_errors=self.handler_errors,
+            errors={
+                "total": self.handler_errors,
+                "decode": decode,
+                "callback": callback,
+                "other": max(0, self.handler_errors - decode - callback),
+            },
             unknown_acks=self.unknown_acks,
             pings_sent=self.pings_sent,
             gaps=self.gaps,
             rtt=self.rtt.summary_ms(),
             recent_errors=[
-                {"ts_ns": ts, "kind": kind, "message": message}
+                {"ts_ns": ts, "at": _wall(wall_s, _age_s(now_ns, ts)),
+                 "age_s": _age_s(now_ns, ts), "kind": kind, "message": message}
                 for ts, kind, message in list(self.errors)[-16:]
             ],
         )
         data.update(extra)
         return data
+
+
+def _age_s(now_ns: int | None, stamp_ns: int | None) -> float | None:
+    """Seconds from a CLOCK_MONOTONIC stamp to ``now_ns`` (None: no stamp or no now)."""
+    if now_ns is None or not stamp_ns:
+        return None
+    return round(max(0, now_ns - stamp_ns) / 1e9, 3)
+
+
+def _wall(wall_s: float | None, age_s: float | None) -> str | None:
+    """The wall-clock time ``age_s`` before ``wall_s``, ISO 8601 in UTC with ms."""
+    if wall_s is None or age_s is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(wall_s - age_s, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

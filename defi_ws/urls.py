@@ -27,7 +27,6 @@ __all__ = [
     "PROXY_SCHEMES",
     "check_url",
     "is_secure_url",
-    "proxy_problem",
     "redact_url",
     "url_config_problem",
     "url_host",
@@ -187,6 +186,40 @@ def url_config_problem(url: object, what: str = "url") -> str | None:
     return f"{what}: invalid WebSocket URL{shown}: {problem}"
 
 
+#: Proxy schemes picows connects through.
+PROXY_SCHEMES = ("http", "https", "socks4", "socks5")
+
+
+def proxy_url_problem(url: object) -> str | None:
+    """Say why ``url`` is not a usable proxy URL.
+
+    Args:
+        url: e.g. ``"http://proxy.corp:3128"``, ``"socks5://user:pw@127.0.0.1:1080"``.
+
+    Returns:
+        None for a usable proxy URL (scheme http, https, socks4 or socks5, a host;
+        credentials allowed), else a short reason that never contains credentials.
+    """
+    if not isinstance(url, str):
+        return f"a proxy URL must be a str, got {type(url).__name__}"
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "the proxy URL contains whitespace or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "the proxy URL's host or port is malformed"
+    if parts.scheme.lower() not in PROXY_SCHEMES or "://" not in url:
+        return f"a proxy URL must start with {', '.join(s + '://' for s in PROXY_SCHEMES)}"
+    if port == 0:
+        return "port 0 is not a number in 1-65535"
+    if not parts.hostname:
+        return "the proxy URL has no host"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "a proxy URL has no path, query or fragment"
+    return None
+
+
 def is_secure_url(url: str) -> bool:
     """Whether ``url`` uses TLS (``wss://``, in any letter case)."""
     return url[:4].lower() == "wss:"
@@ -198,23 +231,3 @@ def url_host(url: str) -> str | None:
         return urllib.parse.urlsplit(url).hostname
     except ValueError:
         return None
-
-
-#: Proxy URL schemes picows connects through.
-PROXY_SCHEMES = ("http", "https", "socks4", "socks5")
-
-
-def proxy_problem(proxy: str) -> str | None:
-    """Why ``proxy`` is not a usable proxy URL (None when it is); never shows secrets."""
-    try:
-        parts = urllib.parse.urlsplit(proxy)
-        port = parts.port
-    except ValueError:
-        return "is not a valid URL"
-    if parts.scheme not in PROXY_SCHEMES:
-        return f"scheme must be one of {', '.join(PROXY_SCHEMES)}"
-    if not parts.hostname:
-        return "has no host"
-    if port is None:
-        return "has no port"
-    return None

@@ -17,7 +17,16 @@
 #
 # Env overrides: AUTOBAHN_VENV (venv path), AUTOBAHN_PYTHON27,
 # AUTOBAHN_BOOTSTRAP_PYTHON, AUTOBAHN_ENV_QUIET=1 (hide pip output).
+#
+# `autobahn-env.sh --check` builds nothing: it exits 0 when the venv is ready or
+# can be built (a Python 2.7 is found), else prints one line saying why and how to
+# get one and exits 3 (the conformance test skips on that; `make conformance` fails).
 set -euo pipefail
+
+CHECK_ONLY=0
+if [ "${1:-}" = "--check" ]; then
+    CHECK_ONLY=1
+fi
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${AUTOBAHN_VENV:-$REPO_ROOT/.venv-autobahn}"
@@ -82,9 +91,9 @@ if env_ok; then
     exit 0
 fi
 
-# Serialise concurrent runs (e.g. several pytest-xdist workers).
+# Serialise concurrent runs (e.g. several pytest-xdist workers); --check writes nothing.
 LOCK="${TMPDIR:-/tmp}/autobahn-env.$(printf '%s' "$VENV" | cksum | cut -d' ' -f1).lock"
-if command -v flock >/dev/null 2>&1; then
+if [ "$CHECK_ONLY" = 0 ] && command -v flock >/dev/null 2>&1; then
     exec 9>"$LOCK"
     flock 9
     if env_ok; then
@@ -128,6 +137,15 @@ find_python3() {
     done
     return 1
 }
+
+if [ "$CHECK_ONLY" = 1 ]; then
+    if find_python27 >/dev/null 2>&1; then
+        exit 0
+    fi
+    printf '%s\n' "Python 2.7 not found (Autobahn's fuzzing server runs only on 2.7): \
+'pyenv install 2.7.18' or AUTOBAHN_PYTHON27=/path/to/python2.7"
+    exit 3
+fi
 
 PY27="$(find_python27)" || die "Python 2.7 not found. Autobahn|Testsuite's fuzzing server runs only on Python 2.7.
   Looked for: \$AUTOBAHN_PYTHON27, 'pyenv prefix 2.7.18', ~/.pyenv/versions/2.7.18, python2.7 on PATH.

@@ -1,4 +1,5 @@
-"""The command line: demo, tail against the simulator, and one-line errors."""
+"""The command line: tail against the simulator, and one-line errors (the demo: test_demo.py;
+tail on one connection: test_cli_tail.py)."""
 
 from __future__ import annotations
 
@@ -19,32 +20,6 @@ CLI = [sys.executable, "-m", "defi_ws"]
 
 def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s)
-
-
-def summary_value(out: str, label: str) -> int:
-    """The number after ``label`` on the first summary line that starts with it."""
-    line = next(line for line in out.splitlines() if line.strip().startswith(label))
-    return int(line.strip()[len(label):].split()[0].replace(",", ""))
-
-
-def test_demo_runs_with_faults_and_prints_a_summary() -> None:
-    done = run_cli("demo", "--duration", "7", "--rate", "50")
-    assert done.returncode == 0, done.stderr
-    assert "summary" in done.stdout and "Traceback" not in done.stderr
-    reconnects = next(line for line in done.stdout.splitlines() if "reconnects " in line)
-    assert int(reconnects.split()[-1]) >= 1  # faults were injected and healed
-    rtt = next(line for line in done.stdout.splitlines() if "heartbeat RTT" in line)
-    assert "p50 None" not in rtt  # the live view and summary show heartbeat RTT
-    assert done.stderr == ""  # library logs stay quiet without --verbose
-    # The pool: its connections and who delivers, live; duplicates and rotations.
-    pool_lines = [line for line in done.stdout.splitlines() if line.startswith("  pool r0#")]
-    assert len(pool_lines) >= 10 and all("rotations=" in line for line in pool_lines)
-    assert re.search(r"r0#\d+ LIVE +\d+% r1#\d+ LIVE +\d+% \| dups=", pool_lines[-1])
-    pool = done.stdout.split("pool summary:", 1)[1]
-    assert summary_value(pool, "duplicates dropped") > 50  # the second copy, dropped
-    assert summary_value(pool, "rotations") >= 1  # before the venue's age limit
-    assert summary_value(pool, "delivered twice") == 0
-    assert re.search(r"^  r1#\d+ +LIVE +3 ", pool, re.MULTILINE)  # the per-connection rows
 
 
 @pytest.mark.asyncio(loop_factories=["uvloop"])
@@ -77,15 +52,25 @@ async def test_tail_streams_reconnects_and_exits_cleanly_on_ctrl_c() -> None:
     (["tail", "ws://127.0.0.1:notaport/?key=SECRET"], "port 'notaport'"),
     (["tail", "ws://127.0.0.1:1/", "--subscribe", "{not json"], "--subscribe: not valid JSON"),
     (["tail", "ws://127.0.0.1:1/", "--ping", "carrier-pigeon"], "--ping"),
-    (["tail", "ws://127.0.0.1:1/", "--retries", "1"], "connect_failed"),
-    (["tail", "ws://127.0.0.1:1/", "--retries", "1", "--redundancy", "2", "--topic", "a",
-      "--dedup-id", "seq"], "connect_failed"),  # every connection of the pool gave up
 ])
 def test_errors_are_one_line_and_non_zero(args: list[str], needle: str) -> None:
     done = run_cli(*args)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("defi-ws: error:")
+    assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["tail", "ws://127.0.0.1:1/?key=SECRET", "--retries", "1"],
+    ["tail", "ws://127.0.0.1:1/?key=SECRET", "--retries", "1", "--redundancy", "2",
+     "--topic", "a", "--dedup-id", "seq"],  # every connection of the pool gave up
+])
+def test_giving_up_ends_with_one_error_line(args: list[str]) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("defi-ws: error:") and "connect_failed" in last
     assert "Traceback" not in done.stderr and "SECRET" not in done.stderr
 
 

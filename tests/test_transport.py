@@ -12,6 +12,7 @@ import time
 import picows
 import pytest
 
+from defi_ws import _compat
 from defi_ws._core import FeedListener
 from defi_ws.errors import ConnectError
 from defi_ws.reasons import DisconnectReason
@@ -66,11 +67,13 @@ async def test_cancelled_connect_during_a_slow_handshake_leaves_no_socket() -> N
         sim.slow_handshake(30)
         attempt = asyncio.ensure_future(PicowsTransport().connect(
             sim.url, FeedListener(lambda m: None), ConnectOptions(handshake_timeout_s=20)))
-        async with asyncio.timeout(5):  # tcp accepts do not wake sim.wait_for
-            while sim.tcp_accepted < 1:
-                await asyncio.sleep(0.01)
-        assert client_sockets_to(sim.port)  # the attempt holds a socket now
-        attempt.cancel()
+        try:
+            async with _compat.timeout(5):  # tcp accepts do not wake sim.wait_for
+                while sim.tcp_accepted < 1:
+                    await asyncio.sleep(0.01)
+            assert client_sockets_to(sim.port)  # the attempt holds a socket now
+        finally:
+            attempt.cancel()  # also when the wait failed: no task outlives the test
         with pytest.raises(asyncio.CancelledError):
             await attempt
         # The client's socket is gone at once (the simulator may keep its own end

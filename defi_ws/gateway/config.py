@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from defi_ws.errors import ConfigError
-from defi_ws.urls import proxy_problem, redact_url, url_config_problem
+from defi_ws.urls import proxy_url_problem, redact_url, url_config_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -363,7 +363,7 @@ def _proxy(check: _Checker, raw: Mapping[str, Any], where: str,
     if not isinstance(proxy, str):
         check.add(f"{where}.proxy", f"must be a string, got {type(proxy).__name__}")
         return None
-    problem = proxy_problem(proxy)
+    problem = proxy_url_problem(proxy)
     if problem is not None:
         check.add(f"{where}.proxy", f"{problem} ({redact_url(proxy)!r})")
         return None

@@ -83,6 +83,33 @@ class AutobahnError(RuntimeError):
     """The fuzzing server environment could not be built or started."""
 
 
+#: Set (to 1) by ``make conformance``: a missing Python 2.7 fails the run instead of
+#: skipping it.
+REQUIRE_ENV_VAR = "DEFI_WS_REQUIRE_AUTOBAHN"
+
+
+def env_unavailable() -> str | None:
+    """Why the fuzzing server cannot run here (one line), or None if it can.
+
+    Asks ``scripts/autobahn-env.sh --check``, which builds nothing: the venv is ready,
+    or a Python 2.7 to build it from is found.
+    """
+    env = dict(os.environ)
+    env["AUTOBAHN_VENV"] = str(AUTOBAHN_VENV)
+    proc = subprocess.run(
+        ["bash", str(ENV_SCRIPT), "--check"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode == 0:
+        return None
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    return lines[-1] if lines else f"{ENV_SCRIPT} --check exited {proc.returncode}"
+
+
 def ensure_env() -> None:
     """Build ``.venv-autobahn/`` if needed by running ``scripts/autobahn-env.sh``.
 
