@@ -8,17 +8,21 @@ message costs on each hot path and compares them with ``bench/perf_baseline.json
   reads ``msg["data"]["p"]``;
 - ``typed``: ``FeedListener(callback, decode=struct_decoder(CombinedTrade))`` (msgspec,
   all fields) + a callback that reads ``msg.data.p``;
-- ``conflated``: once ``_core`` has a conflation mode (issue 13, item 4), see ``PATHS``.
+- ``conflated``: ``FeedListener(callback, conflate_field="stream")`` on 10-key book
+  tickers fed as reads of 128 frames (``last_in_buffer`` on the last): per *received*
+  message, the newest of each key decoded (orjson) and delivered, the rest counted.
 
-The messages are the nested Binance combined-stream trades of ``bench/throughput.py``
-(~213 B, 512 distinct). One valgrind run (``callgrind_core.per_message_forked``): the
-imports once, then each path in a child forked from that same state (a path never sees
-another's heap; the order does not matter), ``WARMUP`` messages, then ``MESSAGES``
-counted ones between two dump markers. Only what runs inside ``FeedListener.feed`` is
-collected (callgrind ``--toggle-collect``; the decode and the callback are called from
-there, so they are in; the bench loop's Python call of ``feed`` is not). ``PYTHONHASHSEED=0``.
-For the same binaries and inputs the counts repeat to the instruction (wall-clock timings
-on a shared VM do not); each path's profile is kept in ``build/perf-guard/``.
+The messages (all but ``conflated``) are the nested Binance combined-stream trades of
+``bench/throughput.py`` (~213 B, 512 distinct). One valgrind run
+(``callgrind_core.per_message_forked``): the imports once, then each path in a child
+forked from that same state (a path never sees another's heap; the order does not
+matter), ``WARMUP`` messages, then ``MESSAGES`` counted ones between two dump markers.
+Only what runs inside ``FeedListener.feed`` is collected (callgrind ``--toggle-collect``;
+the decode and the callback are called from there, so they are in; the bench loop's
+Python call of ``feed`` is not). ``PYTHONHASHSEED=0``. For the same binaries and inputs
+the counts repeat to the instruction (wall-clock timings on a shared VM do not); each
+path's profile is kept in ``build/perf-guard/``. Unrelated changes to what is imported
+move the heap the paths start from, and their counts by up to ~0.2 %.
 
 A path more than ``THRESHOLD_PCT`` (3 %) above its baseline fails (exit 1, naming the
 path and the change); one more than 3 % below passes with a hint to refresh the baseline
@@ -82,6 +86,23 @@ payloads = combined_payloads(512)
 """
 
 
+CONFLATED_SETUP = r"""
+from conflation import book_ticker_payloads
+
+tickers = book_ticker_payloads(10, 50)  # 500, keys round-robin
+
+def sink_ticker(message):
+    message["data"]["b"]
+
+def drive_reads(listener, payloads, start, count):
+    # reads of 128 frames: picows' last_in_buffer on every 128th (WARMUP, MESSAGES: x 128)
+    feed = listener.feed
+    n = len(tickers)
+    for i in range(start, start + count):
+        feed(1, tickers[i % n], True, 0, (i + 1) % 128 == 0)
+"""
+
+
 @dataclass(frozen=True)
 class GuardedPath:
     """One guarded path: the listener (``factory``, an expression evaluated after ``SETUP``
@@ -103,14 +124,17 @@ PATHS: dict[str, GuardedPath] = {
     "typed": GuardedPath(
         "FeedListener(sink_attr, decode=struct_decoder(typed_types('combined')[0]))",
         "msgspec Struct (all fields) + msg.data.p"),
-    # Conflation (issue 13, item 4) is not in _core yet. When it lands: give this path its
-    # factory (a listener conflating on "stream") and, in `setup`, a `drive` that feeds
-    # reads of several messages per key and ends each read as picows would; then
-    # `make perf-baseline`. Until then the probe tells "not wired yet" from "not there".
+    # Per *received* message: of each read of 128, ~10 are decoded and delivered (the
+    # newest of each key), the rest counted. The probe skips the path on a _core
+    # without conflation (an older checkout).
     "conflated": GuardedPath(
-        None, "conflation: newest message per key decoded, the rest counted",
-        probe="import defi_ws._core as c; "
-              "print(int('conflat' in (c.FeedListener.__doc__ or '').lower()))"),
+        'FeedListener(sink_ticker, conflate_field="stream")',
+        'conflate_field="stream": 10-key book tickers (bench/conflation.py) in reads of '
+        '128 (~13 per key), the newest per key orjson-decoded + msg["data"]["b"]',
+        setup=CONFLATED_SETUP, drive="drive_reads",
+        probe="from defi_ws._core import FeedListener as L\n"
+              "try: L(None, conflate_field='stream'); print(1)\n"
+              "except TypeError: print(0)"),
 }
 
 
@@ -144,15 +168,15 @@ def run_env() -> dict[str, str]:
 
 def available(name: str, path: GuardedPath, python: str) -> str | None:
     """``None`` if ``path`` can be measured, else why not."""
-    if path.factory is not None:
-        return None
     if path.probe is not None:
         got = subprocess.run([python, "-c", path.probe], capture_output=True, text=True,
                              cwd="/").stdout.strip()
-        if got == "1":
-            return (f"{name}: _core seems to have it now, but bench/perf_guard.py does not "
-                    f"measure it yet: give PATHS[{name!r}] a factory, then `make perf-baseline`")
-    return f"{name}: not in _core yet, skipped (PATHS[{name!r}] is ready for it)"
+        if got != "1":
+            return f"{name}: not in this build's _core, skipped"
+    if path.factory is None:
+        return (f"{name}: _core has it, but bench/perf_guard.py does not measure it yet: "
+                f"give PATHS[{name!r}] a factory, then `make perf-baseline`")
+    return None
 
 
 def measure(python: str, names: list[str] | None = None) -> tuple[dict[str, float], list[str]]:
@@ -251,7 +275,8 @@ def check(args: argparse.Namespace) -> int:
               "above bench/perf_baseline.json (if the cost is intended, `make perf-baseline` "
               "and commit the new baseline with the change)")
         return 1
-    print(f"perf-guard: passed ({len(counts)} paths within +{args.threshold:g} %)")
+    print(f"perf-guard: passed ({len(counts)} paths measured, none more than "
+          f"+{args.threshold:g} % above the baseline)")
     return 0
 
 
