@@ -500,8 +500,10 @@ class FeedClient:
             - ``last_data_ns`` / ``last_recv_ns``: those stamps on the open
               connection (None when there is none).
             - ``frames``, ``messages``, ``bytes_received``, ``control_messages``,
-              ``pongs``, ``duplicates``: hot-path counters (``messages`` counts data
-              messages; ``duplicates`` those a pool's de-duplication dropped).
+              ``pongs``, ``duplicates``, ``conflated``: hot-path counters (``messages``
+              counts data messages delivered; ``duplicates`` those a pool's
+              de-duplication dropped; ``conflated`` those a newer message of the same
+              key replaced within one read, never decoded).
             - ``connects``: connections opened; ``reconnects``: times the feed was LIVE
               again after a disconnect.
             - ``disconnects``: disconnects by reason label (``{"transport_error": 2}``);

@@ -169,7 +169,7 @@ async def test_an_unreachable_proxy_is_connect_failed(
 async def test_a_bad_proxy_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
         FeedClient(JsonHandler("ws://127.0.0.1:9"), proxy=f"ftp://u:{PASSWORD}@h:1")
-    assert "scheme must be one of" in str(info.value) and PASSWORD not in str(info.value)
+    assert "a proxy URL must start with" in str(info.value) and PASSWORD not in str(info.value)
 
 
 async def test_a_pool_and_a_gateway_through_a_proxy(

@@ -18,7 +18,7 @@ NEWER_THAN_310 = {
     r"\basyncio\.Runner\b": "asyncio.run",
     r"^\s*except\*": "except",
     r"\bExceptionGroup\b": "a plain exception",
-    r"\bimport tomllib\b": "a pinned toml reader",
+    r"^\s*import tomllib\b": "defi_ws._compat.tomllib",
     r"\bfrom typing import [^\n]*\bSelf\b": "a TypeVar",
     r"\bStrEnum\b": "str, enum.Enum",
     r"\bdatetime\.UTC\b": "datetime.timezone.utc",

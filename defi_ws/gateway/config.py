@@ -38,19 +38,14 @@ import importlib
 import math
 import os
 import re
-import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from defi_ws._compat import tomllib
 from defi_ws.errors import ConfigError
 from defi_ws.urls import proxy_url_problem, redact_url, url_config_problem
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "BACKPRESSURE_POLICIES",
