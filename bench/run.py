@@ -1,10 +1,10 @@
 """Run every benchmark in bench/ with modest defaults and print their tables (``make bench``).
 
-About 4-5 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
+About 8 minutes on 2 cores. Each script has flags for longer runs (see ``--help``);
 ``--plot`` is passed on to every script (PNG charts under ``bench/plots``, needs
 matplotlib).
 
-    python bench/run.py [--plot] [--only throughput,latency,recovery,connections]
+    python bench/run.py [--plot] [--only throughput,latency,recovery,connections,conflation]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ BENCHES = {
     "latency": ["latency.py", "--count", "20000", "--warmup", "2000"],
     "recovery": ["recovery.py", "--repeat", "5"],
     "connections": ["connections.py", "--counts", "1,100,1000", "--seconds", "1.5"],
+    "conflation": ["conflation.py", "--seconds", "1", "--repeat", "3"],
 }
 
 
