@@ -22,12 +22,14 @@ on every frame + the same callback; both payload accessors are run and the faste
 
 Two servers: ``blast`` writes as fast as the socket takes it (reads hold whatever piled
 up: hundreds of messages per key on a busy machine); ``paced`` (a blocking socket, a
-spin-wait between writes) writes ``--per-key`` messages per key every ``--interval-us``,
-so a client that keeps up reads about that many messages per key at a time (the
-occupancy the target is stated for: 10+ per key).
+spin-wait between writes) offers ``--rate`` messages per second in writes of
+``--per-key`` messages per key (one run per value), so a client that keeps up reads
+about that many messages per key at a time (the target is stated for 10+ per key) and
+sleeps in between. The frame-only client (no decode, no callback) shows the floor: what
+each read and each frame cost before any decode, the same for every client.
 
     python bench/conflation.py [--seconds 1.5] [--repeat 3] [--keys 10] [--loop uvloop]
-        [--mode both|blast|paced] [--per-key 10] [--interval-us 300]
+        [--mode both|blast|paced] [--per-key 10,30,100] [--rate 333000]
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import header, median_range, ncpus, pin, run_loop, table
+from _common import header, median_range, ncpus, pin, plot_bars, run_loop, table
 from throughput import WS_GUID, server_frame, trade_frames
 
 PER_KEY = 4096  # messages per key in one buffer
@@ -319,7 +321,7 @@ def measure(kind: str, loop_name: str, url: str, seconds: float, warmup: float,
 
 
 def run_mode(mode: str, args: argparse.Namespace, server_cpu: int | None,
-             client_cpu: int | None) -> dict[str, Any]:
+             client_cpu: int | None, per_key: int = 0) -> dict[str, Any]:
     """All clients against one server of ``mode``; prints the table, returns medians."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
@@ -329,7 +331,7 @@ def run_mode(mode: str, args: argparse.Namespace, server_cpu: int | None,
                                      "prefix": epoch_frame}, daemon=True)
     else:
         server = ctx.Process(target=paced_serve, args=(
-            send, server_cpu, args.keys, args.per_key, args.interval_us / 1e6), daemon=True)
+            send, server_cpu, args.keys, per_key, per_key * args.keys / args.rate), daemon=True)
     server.start()
     url = f"ws://127.0.0.1:{recv.recv()}/"
     results: dict[str, list[dict[str, float]]] = {k: [] for k in CLIENTS}
@@ -349,9 +351,9 @@ def run_mode(mode: str, args: argparse.Namespace, server_cpu: int | None,
     if mode == "blast":
         print("## blast: the server writes as fast as the socket takes it\n")
     else:
-        offered = args.per_key * args.keys / (args.interval_us / 1e6)
-        print(f"## paced: {args.per_key} messages per key ({args.per_key * args.keys} "
-              f"frames) every {args.interval_us:g} us ({offered:,.0f} msgs/s offered)\n")
+        print(f"## paced: {per_key} messages per key ({per_key * args.keys} frames) every "
+              f"{per_key * args.keys / args.rate * 1e6:,.0f} us ({args.rate:,.0f} msgs/s "
+              "offered)\n")
     rows = []
     for kind in CLIENTS:
         rs = results[kind]
@@ -368,7 +370,13 @@ def run_mode(mode: str, args: argparse.Namespace, server_cpu: int | None,
     table(["client", "CPU ns per received msg (median)", "min-max", "received msgs/s",
            "client CPU busy", "msgs per key per read", "baseline CPU per msg / this",
            "state backwards / lost"], rows)
+    def med(kind: str) -> float:
+        return statistics.median(r["cpu_ns"] for r in results[kind])
+
     return {
+        "cpu_ns": {kind: med(kind) for kind in CLIENTS},
+        "above_floor": (min(med(k) for k in BASELINES) - med(FRAME_ONLY),
+                        med(CONFLATED) - med(FRAME_ONLY)),
         "listener": statistics.median(ratios[CONFLATED]),
         "full": statistics.median(ratios[FULL]),
         "per_read": statistics.median(r["per_key_read"] for r in results[CONFLATED]),
@@ -384,12 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (>= 3 for medians)")
     parser.add_argument("--keys", type=int, default=10, help="symbols in the stream")
     parser.add_argument("--mode", choices=["both", "blast", "paced"], default="both")
-    parser.add_argument("--per-key", type=int, default=10,
-                        help="paced: messages per key per write")
-    parser.add_argument("--interval-us", type=float, default=300.0,
-                        help="paced: time between writes")
+    parser.add_argument("--per-key", default="10,30,100",
+                        help="paced: messages per key per write (comma-separated: one run each)")
+    parser.add_argument("--rate", type=float, default=333_000.0,
+                        help="paced: messages per second offered")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
+    parser.add_argument("--plot", action="store_true", help="write conflation.png")
+    parser.add_argument("--plot-dir", default="bench/plots")
     args = parser.parse_args(argv)
 
     pinned = not args.no_pin and ncpus() >= 2
@@ -406,19 +416,33 @@ def main(argv: list[str] | None = None) -> int:
         "state check per delivered message: (epoch, u) strictly increasing per key; "
         "conflating listeners also check u == previous u + 1 + superseded (nothing lost)",
     ])
-    modes = ["paced", "blast"] if args.mode == "both" else [args.mode]
-    summary = {mode: run_mode(mode, args, server_cpu, client_cpu) for mode in modes}
+    summary: dict[str, dict[str, Any]] = {}
+    if args.mode in ("both", "paced"):
+        for per_key in (int(v) for v in args.per_key.split(",")):
+            summary[f"paced {per_key}/key"] = run_mode("paced", args, server_cpu, client_cpu,
+                                                       per_key)
+    if args.mode in ("both", "blast"):
+        summary["blast"] = run_mode("blast", args, server_cpu, client_cpu)
     rows = []
     for mode, s in summary.items():
         for label, key in (("FeedListener conflate_field", "listener"),
                            ("FeedClient ConflateSpec (full stack)", "full")):
             rows.append([f"{mode}: {label}, {s['per_read']:,.1f} msgs per key per read",
                          ">= 5x lower", f"{s[key]:.2f}x", "met" if s[key] >= 5 else "missed"])
+        base, ours = s["above_floor"]
+        rows.append([f"{mode}: CPU above the frame-only floor, baseline {base:,.0f} ns vs "
+                     f"conflated {ours:,.0f} ns", "(information)",
+                     f"{base / ours:.1f}x" if ours > 0 else "-", ""])
         rows.append([f"{mode}: delivered state always the newest (backwards / lost)",
                      "0 / 0", f"{s['bad'][0]} / {s['bad'][1]}",
                      "met" if s["bad"] == (0, 0) else "missed"])
     print("## targets (CPU per received message vs the same-work baseline, median)\n")
     table(["target", "goal", "measured", ""], rows, "lrrl")
+    if args.plot:
+        os.makedirs(args.plot_dir, exist_ok=True)
+        plot_bars(os.path.join(args.plot_dir, "conflation.png"),
+                  "CPU per received message (median)",
+                  {mode: s["cpu_ns"] for mode, s in summary.items()}, "ns", log=True)
     return 0
 
 

@@ -5,7 +5,7 @@ when it is installed; the pool bench opens 1,000 connections). Each script has f
 longer runs (see ``--help``); ``--plot`` is passed on to every script (PNG charts under
 ``bench/plots``, needs matplotlib).
 
-    python bench/run.py [--plot] [--only throughput,latency,recovery,connections,pool,outbound]
+    python bench/run.py [--plot] [--only throughput,latency,...,outbound]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ BENCHES = {
     "recovery": ["recovery.py", "--repeat", "5"],
     "connections": ["connections.py", "--counts", "1,100,1000", "--seconds", "1.5"],
     "pool": ["pool.py", "--rotations", "20", "--idle-connections", "1000"],
-    "conflation": ["conflation.py"],
+    "conflation": ["conflation.py", "--seconds", "1", "--repeat", "3"],
     "outbound": ["outbound.py", "--count", "100000", "--repeat", "3", "--callgrind",
                  "--extra", "10000"],
 }

@@ -2186,7 +2186,11 @@ cdef class FeedListener(WSListener):
             self._conflate_len = PyBytes_GET_SIZE(self._conflate_needle)
         self._conflating = conflate_field is not None or conflate_key is not None
         self._py_keys = {} if conflate_key is not None else None
-        self._generation = 1
+        # a new generation empties the key table (also if __init__ runs again)
+        self._generation += 1
+        self._keys_used = 0
+        self._pending_count = 0
+        self._arena_len = 0
         self._key_seed = int.from_bytes(os.urandom(8), "little")
         self._borrow_ok = True
         self._on_message = on_message
