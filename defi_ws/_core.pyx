@@ -673,10 +673,7 @@ cdef class OutBuffer:
         if isinstance(payload, str):
             ptr = PyUnicode_AsUTF8AndSize(payload, &size)  # ASCII: the str's own bytes
             return self._frame_ptr(encoder, opcode, <const uint8_t*>ptr, size)
-        if isinstance(payload, bytearray):
-            return self._frame_ptr(encoder, opcode, <const uint8_t*>PyByteArray_AS_STRING(payload),
-                                   PyByteArray_GET_SIZE(payload))
-        try:
+        try:  # a buffer export: the object cannot be resized while it is masked
             PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
         except BufferError:  # a non-contiguous view: as bytes
             return self._frame_payload(encoder, bytes(payload), opcode)
