@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all
+.PHONY: all build test demo bench annotate clean lint typecheck stubtest conformance soak test-all docs
 
 all: build
 
@@ -28,7 +28,7 @@ $(STAMP): $(PY) pyproject.toml setup.py defi_ws/_core.pyx
 
 build: $(STAMP)
 
-test: $(STAMP) lint typecheck stubtest
+test: $(STAMP) lint typecheck stubtest docs
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # `make test` on each of these Pythons that pyenv has (newest patch release), each in
@@ -82,10 +82,16 @@ annotate: $(STAMP)
 	@echo "annotated HTML: build/_core_annotate.html"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check defi_ws tests bench examples
+	$(VENV)/bin/ruff check defi_ws tests bench examples docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict defi_ws
+
+# The guide and the API reference (mkdocstrings, from the docstrings) in build/site;
+# any warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "docs: build/site/index.html"
 
 # The .pyi of the compiled module must match what Cython built.
 stubtest: $(STAMP)
