@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: all build test demo gateway-demo bench-gateway bench annotate clean lint typecheck \
-        stubtest conformance soak test-all perf-guard perf-baseline perf-guard-if-valgrind
+        stubtest conformance soak test-all perf-guard perf-baseline perf-guard-if-valgrind docs
 
 all: build
 
@@ -29,7 +29,7 @@ $(STAMP): $(PY) pyproject.toml setup.py defi_ws/_core.pyx
 
 build: $(STAMP)
 
-test: $(STAMP) lint typecheck stubtest perf-guard-if-valgrind
+test: $(STAMP) lint typecheck stubtest docs perf-guard-if-valgrind
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # `make test` on each of these Pythons that pyenv has (newest patch release), each in
@@ -104,10 +104,16 @@ annotate: $(STAMP)
 	@echo "annotated HTML: build/_core_annotate.html"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check defi_ws tests bench examples
+	$(VENV)/bin/ruff check defi_ws tests bench examples docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict defi_ws
+
+# The guide and the API reference (mkdocstrings, from the docstrings) in build/site;
+# any warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "docs: build/site/index.html"
 
 # The .pyi of the compiled module must match what Cython built.
 stubtest: $(STAMP)

@@ -477,61 +477,63 @@ class FeedClient:
         is the same moment on the wall clock, ISO 8601 in UTC
         (``"2026-12-01T09:30:00.123Z"``). A value not known yet is None.
 
-        Returns:
-            A dict with these fields:
+        The fields:
 
-            - ``name``: the client's ``name``.
-            - ``state``: the lifecycle state (``"CONNECTING"`` ... ``"LIVE"``,
-              ``"BACKOFF"``, ``"CLOSED"``).
-            - ``attempt``: while connecting (CONNECTING, AUTHENTICATING, SUBSCRIBING)
-              the number of this attempt since the feed was last stable (1 first);
-              None in every other state.
-            - ``backoff_s``: in BACKOFF, the wait before the next attempt (a honoured
-              Retry-After included); else None.
-            - ``retry_after_s``: the Retry-After of the last disconnect as honoured
-              (capped at ``max_retry_after_s``), or None.
-            - ``snapshot_ns`` / ``snapshot_at``: when the snapshot was taken.
-            - ``connected``: whether a connection is open.
-            - ``connected_for_s`` / ``connected_at``: age and opening time of the open
-              connection (None when there is none).
-            - ``last_data_age_s`` / ``last_data_at``: since / when the last data
-              message arrived, on any connection (acks and pongs are not data).
-            - ``last_recv_age_s`` / ``last_recv_at``: the same for any frame.
-            - ``last_data_ns`` / ``last_recv_ns``: those stamps on the open
-              connection (None when there is none).
-            - ``frames``, ``messages``, ``bytes_received``, ``control_messages``,
-              ``pongs``, ``duplicates``, ``conflated``: hot-path counters (``messages``
-              counts data messages delivered; ``duplicates`` those a pool's
-              de-duplication dropped; ``conflated`` those a newer message of the same
-              key replaced within one read, never decoded).
-            - ``connects``: connections opened; ``reconnects``: times the feed was LIVE
-              again after a disconnect.
-            - ``disconnects``: disconnects by reason label (``{"transport_error": 2}``);
-              ``last_disconnect``: the last one, described.
-            - ``errors``: exceptions from your code, each counted once: ``decode``
-              (the decoder), ``callback`` (``on_message``), ``other`` (handler
-              methods such as ``auth_messages``, and the ``on_*`` callbacks), and
-              their ``total``.
-            - ``handler_errors``, ``decode_errors``, ``callback_errors``: the same
-              ``total``, ``decode`` and ``callback`` (kept for older readers).
-            - ``recent_errors``: the newest 16 entries of the error ring, oldest first,
-              each ``{"ts_ns", "at", "age_s", "kind", "message"}``; kinds are
-              ``decode``, ``callback``, ``handler``, ``user_callback``, ``gap`` and
-              the disconnect reasons.
-            - ``gaps``: sequence gaps reported; ``unknown_acks``: acks for topics not
-              pending; ``pings_sent``: heartbeat pings.
-            - ``rtt``: heartbeat round trips: ``count``, ``p50_ms``, ``p90_ms``,
-              ``p99_ms``, ``p999_ms``, ``max_ms`` (None until the first pong).
-            - ``topics_desired``, ``topics_confirmed``, ``topics_pending`` (queued or
-              sent, not acked yet): counts over the desired set.
-            - ``topics``: per desired topic ``{"state", "messages", "last_seq",
-              "last_data_age_s"}``: its :class:`TopicState` value on the open
-              connection (``"unsent"`` when there is none), data messages received for
-              it over every connection, its last sequence number (with
-              ``handler.sequence_of`` in use) and the age of its last message.
-              ``messages`` and ``last_data_age_s`` are counted when the client looks
-              at each message's topic anyway (sequence tracking, or per-topic stale
-              windows) or with ``topic_stats=True``; else None.
+        - ``name``: the client's ``name``.
+        - ``state``: the lifecycle state (``"CONNECTING"`` ... ``"LIVE"``,
+          ``"BACKOFF"``, ``"CLOSED"``).
+        - ``attempt``: while connecting (CONNECTING, AUTHENTICATING, SUBSCRIBING)
+          the number of this attempt since the feed was last stable (1 first);
+          None in every other state.
+        - ``backoff_s``: in BACKOFF, the wait before the next attempt (a honoured
+          Retry-After included); else None.
+        - ``retry_after_s``: the Retry-After of the last disconnect as honoured
+          (capped at ``max_retry_after_s``), or None.
+        - ``snapshot_ns`` / ``snapshot_at``: when the snapshot was taken.
+        - ``connected``: whether a connection is open.
+        - ``connected_for_s`` / ``connected_at``: age and opening time of the open
+          connection (None when there is none).
+        - ``last_data_age_s`` / ``last_data_at``: since / when the last data
+          message arrived, on any connection (acks and pongs are not data).
+        - ``last_recv_age_s`` / ``last_recv_at``: the same for any frame.
+        - ``last_data_ns`` / ``last_recv_ns``: those stamps on the open
+          connection (None when there is none).
+        - ``frames``, ``messages``, ``bytes_received``, ``control_messages``,
+          ``pongs``, ``duplicates``, ``conflated``: hot-path counters (``messages``
+          counts data messages delivered; ``duplicates`` those a pool's
+          de-duplication dropped; ``conflated`` those a newer message of the same
+          key replaced within one read, never decoded).
+        - ``connects``: connections opened; ``reconnects``: times the feed was LIVE
+          again after a disconnect.
+        - ``disconnects``: disconnects by reason label (``{"transport_error": 2}``);
+          ``last_disconnect``: the last one, described.
+        - ``errors``: exceptions from your code, each counted once: ``decode``
+          (the decoder), ``callback`` (``on_message``), ``other`` (handler
+          methods such as ``auth_messages``, and the ``on_*`` callbacks), and
+          their ``total``.
+        - ``handler_errors``, ``decode_errors``, ``callback_errors``: the same
+          ``total``, ``decode`` and ``callback`` (kept for older readers).
+        - ``recent_errors``: the newest 16 entries of the error ring, oldest first,
+          each ``{"ts_ns", "at", "age_s", "kind", "message"}``; kinds are
+          ``decode``, ``callback``, ``handler``, ``user_callback``, ``gap`` and
+          the disconnect reasons.
+        - ``gaps``: sequence gaps reported; ``unknown_acks``: acks for topics not
+          pending; ``pings_sent``: heartbeat pings.
+        - ``rtt``: heartbeat round trips: ``count``, ``p50_ms``, ``p90_ms``,
+          ``p99_ms``, ``p999_ms``, ``max_ms`` (None until the first pong).
+        - ``topics_desired``, ``topics_confirmed``, ``topics_pending`` (queued or
+          sent, not acked yet): counts over the desired set.
+        - ``topics``: per desired topic ``{"state", "messages", "last_seq",
+          "last_data_age_s"}``: its :class:`TopicState` value on the open
+          connection (``"unsent"`` when there is none), data messages received for
+          it over every connection, its last sequence number (with
+          ``handler.sequence_of`` in use) and the age of its last message.
+          ``messages`` and ``last_data_age_s`` are counted when the client looks
+          at each message's topic anyway (sequence tracking, or per-topic stale
+          windows) or with ``topic_stats=True``; else None.
+
+        Returns:
+            The snapshot: a new dict on every call.
         """
         session = self._session
         counts = {s: 0 for s in TopicState}
