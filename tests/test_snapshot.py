@@ -64,7 +64,8 @@ async def test_ages_wall_clock_and_per_topic_detail() -> None:
     for age, at in (("connected_for_s", "connected_at"), ("last_data_age_s", "last_data_at"),
                     ("last_recv_age_s", "last_recv_at")):
         assert live[age] is not None and live[age] >= 0, age
-        assert abs(snapshot_at - parse_at(live[at]) - live[age]) < 0.002, age
+        # ms rounding of the age and ms truncation of both times: within 3 ms.
+        assert abs(snapshot_at - parse_at(live[at]) - live[age]) < 0.005, age
     assert live["last_data_age_s"] <= live["connected_for_s"]
     assert live["topics"].keys() == set(TOPICS)
     for topic in TOPICS:
