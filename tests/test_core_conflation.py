@@ -563,10 +563,9 @@ async def test_a_burst_from_the_simulator_is_conflated_to_the_newest_state() -> 
     topics = [f"book.{c}" for c in "ABCDE"]
     state: dict[str, int] = {}
     gaps: list[Gap] = []
-    handler = JsonHandler("ws://placeholder", sequence_field="seq",
-                          on_data=lambda m: state.__setitem__(m["topic"], m["seq"]))
     async with ExchangeSimulator(rate_per_s=0) as sim:
-        handler._url = sim.url
+        handler = JsonHandler(sim.url, sequence_field="seq",
+                              on_data=lambda m: state.__setitem__(m["topic"], m["seq"]))
         client = FeedClient(handler, topics=topics, on_gap=gaps.append,
                             conflate=ConflateSpec(field="topic"))
         async with client:
