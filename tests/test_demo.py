@@ -5,16 +5,12 @@ exits 0, under make too (no `make: *** Interrupt`)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pty
 import re
 import select
-import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -94,15 +90,30 @@ def test_duration_ends_a_scripted_run() -> None:
     assert re.search(r"^  feed messages +[\d,]+ ", done.stdout, re.MULTILINE)
 
 
+#: Runs in the child before the program: a session of its own whose controlling terminal
+#: is the pty (so the pty's Ctrl-C reaches its foreground group), 140x40. A fresh
+#: process (subprocess's fork+exec): nothing unsafe runs between fork and exec in the
+#: test process, which has threads (pty.fork() there may deadlock the child).
+WRAPPER = """\
+import fcntl, os, struct, sys, termios
+os.setsid()
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
 class Terminal:
     """A program under a pseudo-terminal (140x40), its output as the user would see it."""
 
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: its terminal is 140x40 before the program starts
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 140, 0, 0))
-            os.environ.update(env or {})
-            os.execvp(argv[0], argv)
+        self.fd, slave = pty.openpty()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", WRAPPER, *argv], stdin=slave, stdout=slave,
+                stderr=slave, env={**os.environ, **(env or {})})
+        finally:
+            os.close(slave)
         self.raw = b""
 
     @property
@@ -113,7 +124,9 @@ class Terminal:
         deadline = time.monotonic() + timeout_s
         while not re.search(pattern, self.text):
             left = deadline - time.monotonic()
-            assert left > 0, f"no {pattern!r} in:\n{self.text[-3000:]}"
+            if left <= 0:
+                self.proc.kill()
+                raise AssertionError(f"no {pattern!r} in:\n{self.text[-3000:]}")
             ready, _, _ = select.select([self.fd], [], [], min(left, 1.0))
             if ready:
                 try:
@@ -131,19 +144,21 @@ class Terminal:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self.fd], [], [], 1.0)
             if not ready:
+                if self.proc.poll() is not None:
+                    break
                 continue
             try:
                 data = os.read(self.fd, 65536)
-            except OSError:
+            except OSError:  # EIO: every process holding the terminal is gone
                 break
             if not data:
                 break
             self.raw += data
         else:
-            os.kill(self.pid, signal.SIGKILL)
-        _, status = os.waitpid(self.pid, 0)
+            self.proc.kill()
+        status = self.proc.wait(timeout=30)
         os.close(self.fd)
-        return os.waitstatus_to_exitcode(status)
+        return status
 
 
 def test_under_a_terminal_a_live_dashboard_then_ctrl_c_prints_a_summary_table() -> None:
