@@ -8,19 +8,16 @@ combined envelopes, the USD-M split), on asyncio and uvloop.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 import logging
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
 import pytest
 
-from defi_ws import FeedClient, FeedPool, VenueLimits, _compat
+from defi_ws import FeedClient, FeedPool, VenueLimits
 from defi_ws._core import Deduplicator
 from defi_ws.errors import ConfigError
 from defi_ws.handler import Ack, DedupSpec, Notice
@@ -33,20 +30,14 @@ from defi_ws.testing.dialects import BinanceDialect, Product
 from defi_ws.testing.dialects import binance as sim_binance
 from defi_ws.venues import binance, binance_types
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, UsdmEndpoint
+from venues.support import IdLog, load_fixture, until, wire
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "binance"
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 
 
 def fixture(name: str) -> Any:
-    document = json.loads((FIXTURES / f"{name}.json").read_text())
-    assert document["source"].startswith("https://")  # every fixture cites its page
-    return document["samples"]
+    return load_fixture("binance", name)
 
-
-def wire(message: Any) -> bytes:
-    """The compact bytes a venue sends."""
-    return orjson.dumps(message)
 
 
 # ------------------------------------------------------------------ fixtures and types
@@ -245,11 +236,11 @@ def spot_sim(**kwargs: Any) -> ExchangeSimulator:
     return ExchangeSimulator(dialect=dialect, **kwargs)
 
 
-class Trades:
+class Trades(IdLog):
     """Trade and aggTrade ids per stream, as delivered."""
 
     def __init__(self) -> None:
-        self.ids: dict[str, list[int]] = defaultdict(list)
+        super().__init__()
         self.depth: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.messages: list[Any] = []
 
@@ -258,25 +249,16 @@ class Trades:
         event = binance.event_of(message)
         stream = binance.stream_of(message) or ""
         if event.get("e") == "trade":
-            self.ids[stream].append(event["t"])
+            self.add(stream, event["t"])
         elif event.get("e") == "aggTrade":
-            self.ids[stream].append(event["a"])
+            self.add(stream, event["a"])
         elif event.get("e") == "depthUpdate":
             self.depth[stream].append((event["U"], event["u"]))
 
     def assert_exactly_once_in_order(self, contiguous: bool = True) -> None:
-        for stream, ids in self.ids.items():
-            assert ids == sorted(set(ids)), f"{stream}: duplicate or out of order"
-            if contiguous:
-                assert ids == list(range(ids[0], ids[-1] + 1)), f"{stream}: a message was lost"
+        super().assert_exactly_once_in_order(contiguous)
         for stream, spans in self.depth.items():
             assert all(b[0] == a[1] + 1 for a, b in itertools.pairwise(spans)), stream
-
-
-async def until(predicate: Any, timeout_s: float = 20.0) -> None:
-    async with _compat.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 STREAMS = ["btcusdt@trade", "ethusdt@aggTrade", "btcusdt@depth@100ms", "btcusdt@bookTicker"]

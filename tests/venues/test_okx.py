@@ -12,17 +12,14 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
-from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
 import pytest
 
-from defi_ws import FeedClient, FeedPool, VenueLimits, _compat
+from defi_ws import FeedClient, FeedPool, VenueLimits
 from defi_ws.errors import FatalDisconnect
 from defi_ws.handler import Ack, AuthReply, Notice
 from defi_ws.heartbeat import NoPing, TextPing
@@ -33,8 +30,8 @@ from defi_ws.testing.dialects import OkxDialect
 from defi_ws.testing.dialects import okx as sim_okx
 from defi_ws.venues import okx, okx_types
 from defi_ws.venues.okx import Okx, OkxCredentials
+from venues.support import IdLog, load_fixture, until, wire
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "okx"
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 #: Scaled down: OKX cuts after 30 s idle and wants a ping every < 30 s.
 PING = TextPing("ping", "pong", interval_s=0.2, timeout_s=2.0)
@@ -42,13 +39,8 @@ CREDS = OkxCredentials("api-key-1", "SECRET-XYZ", "PASSPHRASE-XYZ")
 
 
 def fixture(name: str) -> Any:
-    document = json.loads((FIXTURES / f"{name}.json").read_text())
-    assert document["source"].startswith("https://")  # every fixture cites its page
-    return document["samples"]
+    return load_fixture("okx", name)
 
-
-def wire(message: Any) -> bytes:
-    return orjson.dumps(message)
 
 
 # ------------------------------------------------------------------ fixtures and types
@@ -180,30 +172,18 @@ def okx_sim(**kwargs: Any) -> ExchangeSimulator:
     return ExchangeSimulator(dialect=dialect, **kwargs)
 
 
-class Pushes:
+class Pushes(IdLog):
     """Trade ids per topic and every push, as delivered."""
 
     def __init__(self) -> None:
-        self.ids: dict[str, list[int]] = defaultdict(list)
+        super().__init__()
         self.pushes: list[Any] = []
 
     def on_data(self, message: Any) -> None:
         self.pushes.append(message)
         if message.get("arg", {}).get("channel") == "trades":
             for trade in message["data"]:
-                self.ids[okx.to_topic(message["arg"]) or ""].append(int(trade["tradeId"]))
-
-    def assert_exactly_once_in_order(self, contiguous: bool = True) -> None:
-        for topic, ids in self.ids.items():
-            assert ids == sorted(set(ids)), f"{topic}: duplicate or out of order"
-            if contiguous:
-                assert ids == list(range(ids[0], ids[-1] + 1)), f"{topic}: a message was lost"
-
-
-async def until(predicate: Any, timeout_s: float = 20.0) -> None:
-    async with _compat.timeout(timeout_s):
-        while not predicate():
-            await asyncio.sleep(0.01)
+                self.add(okx.to_topic(message["arg"]) or "", int(trade["tradeId"]))
 
 
 TOPICS = ["trades:BTC-USDT", "bbo-tbt:BTC-USDT", "books:ETH-USDT"]
