@@ -2150,6 +2150,7 @@ cdef class FeedListener(WSListener):
     cdef bint _conflating
     cdef bint _flushing
     cdef bint _borrow_ok            # pending payloads may point into the caller's buffer
+    cdef bint _utf8_by_decoder      # orjson validates TEXT itself: see _utf8_deferred
     cdef _Pending* _pending         # waiting messages, in arrival order
     cdef Py_ssize_t _pending_count
     cdef Py_ssize_t _pending_cap
@@ -2193,6 +2194,7 @@ cdef class FeedListener(WSListener):
         self._on_message = on_message
         self._decode = decode
         self.zero_copy = decode_keeps_no_reference(decode)
+        self._utf8_by_decoder = decode is orjson.loads and on_message is not None
         self._scratch = _Payload(_SCRATCH_CAPACITY)
         self._events = events
         self._on_control = on_control
@@ -2417,7 +2419,7 @@ cdef class FeedListener(WSListener):
             if size > self.max_message_size:
                 return self._violate(CLOSE_TOO_BIG, "message exceeds max_message_size")
             if fin:
-                if (opcode == OP_TEXT and self.validate_utf8
+                if (opcode == OP_TEXT and self.validate_utf8 and not self._utf8_deferred()
                         and utf8_step(UTF8_OK, <const uint8_t*>ptr, size) != UTF8_OK):
                     return self._violate(CLOSE_INVALID_TEXT, "text message is not valid UTF-8")
                 self.message_opcode = opcode
@@ -2434,6 +2436,20 @@ cdef class FeedListener(WSListener):
                                      "continuation frame without a message in progress")
             return self._append_fragment(ptr, size, fin)
         return self._control(opcode, ptr, size, fin)
+
+    cdef inline bint _utf8_deferred(self) noexcept:
+        """Whether an unfragmented TEXT message is left to the decoder to validate.
+
+        ``orjson.loads`` rejects any invalid UTF-8 in its input (every non-ASCII byte of
+        JSON is inside a string, and orjson validates strings and keys), so checking
+        first is work done twice. When it fails, :meth:`_dispatch` checks the bytes and
+        closes with 1007 if they are not UTF-8, as RFC 6455 requires. Not deferred when
+        a message can reach the user without that decode: no callback (count-only),
+        de-duplication or conflation (dropped unseen), an application pong matched by
+        prefix. (msgspec's typed decoders skip unknown fields unchecked: not deferred.)
+        """
+        return (self._utf8_by_decoder and self.dedup is None and not self._conflating
+                and (self._app_pong is None or self._app_pong_exact))
 
     cdef int _append_fragment(self, char* ptr, Py_ssize_t size, bint fin) except -1:
         cdef _Payload frag = self._frag
@@ -2575,6 +2591,11 @@ cdef class FeedListener(WSListener):
                 try:
                     decoded = self._decode(view)
                 except Exception as exc:
+                    if (owned is None and self.message_opcode == OP_TEXT
+                            and self.validate_utf8 and self._utf8_deferred()
+                            and utf8_step(UTF8_OK, <const uint8_t*>ptr, size) != UTF8_OK):
+                        return self._violate(CLOSE_INVALID_TEXT,
+                                             "text message is not valid UTF-8")
                     self.decode_errors += 1
                     self._handler_error(STAGE_DECODE, exc)
                     return 0

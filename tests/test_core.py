@@ -12,9 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from defi_ws._core import (
     ERROR_POLICY_DISCONNECT,
+    Deduplicator,
     FeedListener,
     is_valid_utf8,
 )
@@ -174,6 +177,68 @@ def test_invalid_utf8_text_closes_1007(payload: bytes) -> None:
     listener.feed(TEXT, payload)
     assert got == [] and wire.closes[0][0] == 1007
     assert listener.decode_errors == 0  # rejected before decode
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"a":"\xff"}', b'{"\xed\xa0\x80":1}', b'["ok","\xf4\x90\x80\x80"]', b'{"a":1} \xc0\xaf',
+    b'{"a":"caf\xc3"}', b'{"truncated":"\xe2\x82',
+])
+def test_invalid_utf8_left_to_orjson_still_closes_1007(payload: bytes) -> None:
+    # orjson.loads validates UTF-8 itself, so the listener does not check first; a
+    # message it refuses is checked then, and invalid UTF-8 still closes 1007 (RFC 6455)
+    # instead of counting as a decode error.
+    listener, wire, _, got = make(decode=orjson.loads)
+    listener.feed(TEXT, payload)
+    assert got == [] and wire.closes[0][0] == 1007
+    assert listener.decode_errors == 0 and listener.violation
+
+
+def test_bad_json_in_valid_utf8_is_a_decode_error_not_a_close() -> None:
+    listener, wire, _, got = make()
+    listener.feed(TEXT, '{"a":"é",'.encode())
+    listener.feed(TEXT, b'{"a":1}')
+    assert got == [{"a": 1}] and wire.closes == [] and listener.decode_errors == 1
+
+
+@pytest.mark.parametrize("case", ["typed msgspec", "count-only", "conflation", "dedup",
+                                  "pong prefix"])
+def test_invalid_utf8_is_checked_first_where_no_decoder_would_see_it(case: str) -> None:
+    # Typed msgspec decoders skip unknown fields without validating them; the other
+    # cases drop or count a message without decoding it.
+    import msgspec
+
+    class A(msgspec.Struct):
+        a: int
+
+    payload = b'{"a":1,"s":"x","b":"\xff"}'
+    got: list[Any] = []
+    kwargs: dict[str, Any] = {
+        "typed msgspec": {"decode": msgspec.json.Decoder(A).decode},
+        "conflation": {"conflate_field": "s"},
+        "dedup": {"dedup": Deduplicator(hash_field="b")},
+    }.get(case, {})
+    listener = FeedListener(None if case == "count-only" else got.append, **kwargs)
+    if case == "pong prefix":
+        listener.set_app_pong(b'{"a"', exact=False)
+    wire = FakeWire()
+    listener.attach(wire)
+    listener.feed(TEXT, payload, True, 0, True)
+    assert got == [] and wire.closes[0][0] == 1007, case
+    assert listener.decode_errors == 0 and listener.pongs == 0
+
+
+@given(st.lists(st.sampled_from([b'{"a":"', b'"}', b'\xff', b'\xc3', b'\xa9', b'\xe2\x82',
+                                  b'\xac', b'\xed\xa0\x80', b'\xf0\x9f\x98\x80', b"1", b",",
+                                  b"[", b"]", b"x"]), max_size=12).map(b"".join))
+def test_orjson_deferred_check_agrees_with_checking_first(payload: bytes) -> None:
+    # The same outcome as a listener that validates before decoding (a wrapped orjson
+    # is not deferred): delivered, closed 1007 or a decode error, never another.
+    def outcome(decode: Any) -> tuple[Any, ...]:
+        listener, wire, _, got = make(decode=decode)
+        listener.feed(TEXT, payload)
+        return got, wire.closes[:1] and wire.closes[0][0], listener.decode_errors
+
+    assert outcome(orjson.loads) == outcome(lambda view: orjson.loads(view))
 
 
 def test_invalid_utf8_binary_is_not_a_violation() -> None:
