@@ -7,7 +7,7 @@ measured (``time.perf_counter_ns`` from just before the send to the moment the r
 reaches user code). Two placements, set with ``os.sched_setaffinity`` in the child
 processes: client and server on the same CPU, and on different CPUs.
 
-Clients: defi-ws ``FeedClient`` (``send()`` + handler ``on_message``), defi-ws
+Clients: defi-ws ``FeedClient`` (``send()`` from the handler's ``on_data``), defi-ws
 ``FeedListener`` on picows (reply sent from the callback), raw picows (pure-Python
 listener), aiohttp and websockets (``await send``/``await receive``), and a blocking
 socket floor (pre-encoded masked frame, ``sendall`` + ``recv``, no event loop).
@@ -180,10 +180,8 @@ def run_client(kind: str, loop_name: str, port: int, count: int, warmup: int,
             class EchoHandler(JsonHandler):
                 decode = None  # the bytes as they came (a borrowed memoryview)
 
-                def on_message(self, message: Any) -> None:
-                    pp.on_reply(message)
-
-            client = FeedClient(EchoHandler(url), close_timeout_s=0.1)
+            # on_data: the client's hot path calls pp.on_reply directly (data_sink).
+            client = FeedClient(EchoHandler(url, on_data=pp.on_reply), close_timeout_s=0.1)
             client.start()
             await client.wait_live(10)
             pp.send = lambda: client.send(PAYLOAD)

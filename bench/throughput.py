@@ -302,9 +302,13 @@ def run_client(kind: str, shape: str, loop_name: str, url: str, seconds: float, 
 
     async def measure(counter: Any) -> tuple[float, int]:
         await asyncio.sleep(warmup)
+        os.getloadavg()  # window marker for bench/callgrind_stack.py (--dump-before)
         n0, t0 = counter(), time.perf_counter()
         await asyncio.sleep(seconds)
-        return (counter() - n0) / (time.perf_counter() - t0), counter()
+        n1, t1 = counter(), time.perf_counter()
+        os.getloadavg()
+        state["window"] = n1 - n0
+        return (n1 - n0) / (t1 - t0), n1
 
     async def main() -> tuple[float, float]:
         host, port = url.removeprefix("ws://").split("/", 1)[0].split(":")
@@ -330,21 +334,20 @@ def run_client(kind: str, shape: str, loop_name: str, url: str, seconds: float, 
             from defi_ws.client import FeedClient
             from defi_ws.handler import JsonHandler
 
-            if kind == FULL:
-                class Handler(JsonHandler):
-                    def on_message(self, message: Any) -> None:
-                        callback(message)
-            else:
+            # The callback is the handler's on_data, as with the venue adapters: the
+            # client's hot path calls it directly (JsonHandler.data_sink), one call per
+            # message like every other client here.
+            handler = JsonHandler(url, on_data=callback)
+            if kind == FULL_TYPED:
                 from defi_ws.typed import struct_decoder
 
-                class Handler(JsonHandler):  # type: ignore[no-redef]
+                class Typed(JsonHandler):
                     decode = staticmethod(struct_decoder(typed_types(shape)[0]))
 
-                    def on_message(self, message: Any) -> None:
-                        attr_callback(message)
+                handler = Typed(url, on_data=attr_callback)
 
             # No topics: LIVE right after connect. Heartbeat default (WsPing), stale on.
-            client = FeedClient(Handler(url), stale_after_s=5.0, close_timeout_s=0.1)
+            client = FeedClient(handler, stale_after_s=5.0, close_timeout_s=0.1)
             client.start()
             await client.wait_live(10)
             rate, _ = await measure(lambda: client.health.counter("messages"))
@@ -437,6 +440,9 @@ def run_client(kind: str, shape: str, loop_name: str, url: str, seconds: float, 
 
     rate, _ = run_loop(loop_name, main)
     assert state["px"] is not None or kind in (RAW, FRAME_ONLY, COUNT_ONLY), "callback never ran"
+    send_window = getattr(out, "send_window", None)  # bench/callgrind_stack.py
+    if send_window is not None:
+        send_window(state.get("window", 0))
     out.send(rate)
     out.close()
     os._exit(0)  # no closing handshakes: the server just sees the socket go
@@ -556,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         "taken within a repetition",
         "raw ceiling: bytes/s divided by the average frame size; it is also the server's "
         "floor (server and kernel deliver at least this)",
-        "full stack = FeedClient + JsonHandler subclass (on_message = the same callback), "
+        "full stack = FeedClient + JsonHandler(on_data = the same callback), "
         "WsPing heartbeat, stale_after_s=5, health counters, no topics (LIVE on connect); "
         "typed full stack: the handler's decode is defi_ws.typed.struct_decoder(Struct)",
     ]
