@@ -12,7 +12,13 @@
   [--redundancy N | --pool] [--dedup-id FIELD [--dedup-topic FIELD] | --dedup-hash FIELD]
   [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr
   (:mod:`defi_ws.cli_tail`); Ctrl-C prints a summary. With ``--redundancy N`` (N > 1)
-  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once).
+  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once; a
+  status line per connect attempt of each connection).
+* ``defi-ws tail VENUE:TOPIC[,TOPIC...] [VENUE:TOPIC...] [--url [VENUE=]URL]...``:
+  tails venue specs through their adapters, one feed per spec, each message and
+  status line labelled with its venue (:mod:`defi_ws.cli_venues`).
+* ``defi-ws venues [--json]``: every venue adapter with its default endpoint,
+  heartbeat and limits.
 * ``defi-ws run gateway.toml [--check] [--verbose]``: runs the feed gateway
   (:mod:`defi_ws.gateway`) until SIGTERM/SIGINT, then drains.
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
@@ -281,18 +287,22 @@ def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) ->
 async def run_tail_pool(args: argparse.Namespace) -> int:
     """Tail a :class:`~defi_ws.FeedPool` until Ctrl-C (or --duration); return the exit
     status."""
-    from defi_ws.cli_tail import connection_options, reconnect_strategy
-    from defi_ws.client import FeedClient
+    from defi_ws.cli_tail import (
+        TailWatch,
+        connection_options,
+        gap_line,
+        reconnect_strategy,
+        status_line,
+    )
     from defi_ws.errors import ConfigError
     from defi_ws.handler import DedupSpec, VenueLimits
     from defi_ws.lifecycle import State
     from defi_ws.pool import FeedPool
     from defi_ws.reasons import Disconnect
     from defi_ws.sequence import Gap
-    from defi_ws.transport import redact_url
 
     url = checked_url(args.url)
-    heartbeat = parse_ping(args.ping)
+    heartbeat = parse_ping(args.ping or "ws")
     out = sys.stdout.buffer
     handler = tail_handler(url, args.format, out, topics=True)
     spec: DedupSpec
@@ -313,30 +323,53 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
     disconnects: Counter[str] = Counter()
     went_live = False
     pool: FeedPool
-
-    def status(text: str) -> None:
-        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
+    status = status_line
+    #: Each connection's status lines, by the pool's connection number (generation).
+    watches: dict[int, TailWatch] = {}
 
     def live_count() -> str:
         clients = pool.clients()
         live = sum(client.state is State.LIVE for client in clients)
         return f"{live}/{len(clients)} connections live"
 
-    def on_connected() -> None:
-        nonlocal went_live
-        if not went_live:  # said once there is a pool to speak of: errors stay one line
-            went_live = True
-            status(intro)
-        status(f"live on {redact_url(url)} ({live_count()})")
+    def per_connection(group: int, replica: int, generation: int) -> dict[str, Any]:
+        """Status lines of one connection, as a single-URL tail prints them, labelled
+        ``r0#3:`` (replica 0, the pool's 3rd connection)."""
+        label = _connection_label({"group": group, "replica": replica,
+                                   "generation": generation}, 2 if group else 1)
+
+        def say(text: str) -> None:
+            if text.startswith(("live on", "disconnected:")):
+                text += f" ({live_count()})"
+            status(f"{label}: {text}")
+
+        watch = watches[generation] = TailWatch(url, args.retries, say, proxy=args.proxy)
+
+        def on_connected() -> None:
+            nonlocal went_live
+            if not went_live:  # said once there is a pool to speak of
+                went_live = True
+                status(intro)
+            watch.on_connected()
+
+        def on_disconnected(disconnect: Disconnect) -> None:
+            watch.client = pool.connection(generation)  # for its next attempt's delay
+            watch.on_disconnected(disconnect)
+
+        def on_state_change(old: State, new: State) -> None:
+            watch.on_state_change(old, new)
+            if new is State.CLOSED:  # a connection that ends wakes the loop at once
+                wake.set()
+
+        return {"on_connected": on_connected, "on_disconnected": on_disconnected,
+                "on_state_change": on_state_change,
+                "on_gave_up": lambda _disconnect: wake.set()}
 
     def on_disconnected(disconnect: Disconnect) -> None:
         disconnects[disconnect.reason.label] += 1
-        if went_live:  # before the first success, only the final error is worth a line
-            status(f"disconnected: {disconnect.describe()} ({live_count()})")
 
     def on_gap(gap: Gap) -> None:
-        status(f"gap on {gap.topic}: {gap.size} message(s) missing "
-               f"({gap.first_missing}..{gap.last_missing})")
+        status(gap_line(gap))
 
     def on_rejected(topic: str, detail: str) -> None:
         status(f"subscription {topic!r} rejected: {detail}")
@@ -357,13 +390,9 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
                 "stale_after_s": args.stale_after,
                 "reconnect": reconnect_strategy(args.retries),
                 "stable_after_s": 0.0,  # a connection that went LIVE resets the count
-                "on_connected": on_connected,
-                # A connection that ends wakes the loop at once (no polling delay).
-                "on_gave_up": lambda _disconnect: wake.set(),
-                "on_state_change": lambda _old, new: wake.set() if new is State.CLOSED
-                else None,
                 **connection_options(args, status),
             },
+            connection_options=per_connection,
             name="tail",
         )
     except ConfigError as exc:
@@ -380,7 +409,7 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
     started = loop.time()
     watch = PoolWatch()
     reported: set[int] = set()  # connections whose giving up was reported
-    fatal: FeedClient | None = None
+    first_give_up: str | None = None  # the first connection's give-up, labelled
     snap: dict[str, Any] = pool.snapshot()
     status_code = 0
     ended = False
@@ -393,12 +422,13 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
                 snap = pool.snapshot()
                 clients = pool.clients()  # same order as snap["connections"]
                 for conn, client in zip(snap["connections"], clients, strict=False):
-                    if client.fatal is not None and conn["generation"] not in reported:
-                        reported.add(conn["generation"])
-                        fatal = fatal or client
-                        if went_live:
-                            status(f"{_connection_label(conn, snap['groups'])} gave up: "
-                                   f"{client.fatal.disconnect.describe()}")
+                    generation = conn["generation"]
+                    if client.fatal is not None and generation not in reported:
+                        reported.add(generation)
+                        outcome = (f"{_connection_label(conn, snap['groups'])}: "
+                                   f"{watches[generation].gave_up(client.fatal.disconnect)}")
+                        first_give_up = first_give_up or outcome
+                        status(outcome)
                 if clients and all(client.state is State.CLOSED for client in clients):
                     ended = True  # every connection gave up (or the venue ended them)
                     break
@@ -418,8 +448,9 @@ async def run_tail_pool(args: argparse.Namespace) -> int:
                 with contextlib.suppress(*TimeoutErrors):
                     await asyncio.wait_for(wake.wait(), timeout)
             snap = pool.snapshot()  # before the pool stops: its connections
-        if ended and fatal is not None and fatal.fatal is not None:
-            print(f"defi-ws: error: {fatal.fatal.disconnect.describe()}", file=sys.stderr)
+        if ended and first_give_up is not None:
+            print(f"defi-ws: error: every connection gave up; {first_give_up}",
+                  file=sys.stderr)
             status_code = 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -470,9 +501,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``defi-ws`` parser and its subcommands' parsers, by name."""
     from defi_ws.cli_tail import parse_header, parse_retries, positive_seconds
+    from defi_ws.testing.dialects.base import Dialect
 
     parser = _Parser(prog="defi-ws", description="defi-ws command line: tail a feed, "
-                     "watch the demo, run a local venue simulator, run the benchmarks. "
+                     "list the venues, watch the demo, run a local venue simulator, run "
+                     "a gateway, run the benchmarks. "
                      "`defi-ws COMMAND --help` for each command's options.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
@@ -509,8 +542,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                     "protocol of JsonHandler: {\"op\":\"subscribe\",\"args\":[...]}, acks "
                     "{\"event\":\"subscribed\",\"topic\":...}, notices {\"event\":\"notice\"}), "
                     "not raw --subscribe messages; for another protocol, write a handler "
-                    "(examples/).")
-    tail.add_argument("url", help="ws:// or wss:// URL of the feed")
+                    "(examples/). Instead of a URL, venue specs (binance:btcusdt@trade,"
+                    "ethusdt@trade okx:trades:BTC-USDT) tail venues through their adapters: "
+                    "one feed per spec with the venue's endpoint (or --url), protocol, "
+                    "heartbeat and limits; each message is printed after its venue's name "
+                    "and each status line names it (`defi-ws venues` lists the venues).")
+    tail.add_argument("target", nargs="+", metavar="URL | VENUE:TOPIC[,TOPIC...]",
+                      help="a ws:// or wss:// URL, or one or more venue specs "
+                           "(binance:btcusdt@trade,ethusdt@trade okx:trades:BTC-USDT; "
+                           "`defi-ws venues` lists the venues): each spec runs its own feed "
+                           "with its venue's adapter (endpoint, protocol, heartbeat, limits) "
+                           "and every message and status line names its venue")
+    tail.add_argument("--url", dest="endpoint", action="append", default=[],
+                      metavar="[VENUE=]URL",
+                      help="with venue specs: connect to URL instead of the adapter's "
+                           "endpoint (e.g. a `defi-ws sim --dialect VENUE`), for every spec "
+                           "or those of VENUE; repeatable")
     tail.add_argument("--subscribe", action="append", default=[], metavar="JSON",
                       help="a raw message sent after each (re)connect; repeatable "
                            "(single connection only: a pool takes --topic)")
@@ -518,7 +565,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="a topic subscribed in the generic protocol "
                            '({"op":"subscribe","args":[T,...]}), acked and re-subscribed on '
                            "every connection; repeatable; required with a pool")
-    tail.add_argument("--ping", default="ws", help="ws | none | text:ping[:pong] | json:{...}")
+    tail.add_argument("--ping", default=None,
+                      help="ws | none | text:ping[:pong] | json:{...} (default: ws for a URL, "
+                           "the adapter's heartbeat for a venue spec)")
     tail.add_argument("--stale-after", type=positive_seconds, default=None, metavar="S",
                       help="reconnect when no data arrives for S seconds")
     tail.add_argument("--format", choices=["auto", "json", "pretty", "raw"], default="auto",
@@ -579,11 +628,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="TCP port on 127.0.0.1 (default 8765; 0 picks a free one)")
     sim.add_argument("--rate", type=float, default=10.0, metavar="N",
                      help="messages/s per subscribed topic (default 10)")
-    sim.add_argument("--dialect", default="generic", choices=["generic", "binance", "okx"],
+    sim.add_argument("--dialect", default="generic", choices=[d.value for d in Dialect],
                      help="venue protocol to speak (default generic)")
     sim.add_argument("--faults", type=positive_seconds, default=None, metavar="S",
                      help="inject a random recoverable fault every S seconds")
     sim.add_argument("--seed", type=int, default=0, help="random seed")
+    venues = sub.add_parser(
+        "venues", help="list the venue adapters: endpoint, heartbeat, limits",
+        description="List every venue adapter (defi_ws.venues.ADAPTERS) with its default "
+                    "endpoint, recommended heartbeat and declared limits: topics per "
+                    "connection and per subscribe message, outbound messages/s and burst, "
+                    "new connections per window, maximum connection age. Each name is the "
+                    "VENUE of `defi-ws tail VENUE:TOPIC`.")
+    venues.add_argument("--json", action="store_true", help="one JSON array, for machines")
     bench = sub.add_parser(
         "bench", help="run the benchmarks (source checkout)",
         description="Run bench/run.py of the source checkout (every benchmark, tables on "
@@ -597,7 +654,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("config", help="the gateway's TOML file")
     run.add_argument("--check", action="store_true", help="validate the file and exit")
     run.add_argument("--verbose", action="store_true", help="log at INFO")
-    return parser, {"demo": demo, "tail": tail, "sim": sim, "bench": bench, "run": run}
+    return parser, {"demo": demo, "tail": tail, "sim": sim, "venues": venues,
+                    "bench": bench, "run": run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,8 +668,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             forwarded = args.args[1:] if args.args[:1] == ["--"] else args.args
             return run_bench(forwarded)
-        if args.command == "tail":
-            check_tail_args(args)  # usage errors before anything runs
+        if args.command == "venues":
+            from defi_ws.cli_venues import run_venues
+
+            return run_venues(args)
+        if args.command == "tail":  # usage errors before anything runs
+            from defi_ws.cli_venues import check_spec_args, split_targets
+
+            split_targets(args)
+            if args.specs:
+                check_spec_args(args)
+            elif args.endpoint:
+                raise CliError("--url goes with venue specs (VENUE:TOPIC); the URL "
+                               "argument is the endpoint itself")
+            else:
+                check_tail_args(args)
         if args.command == "run":
             from defi_ws.gateway.cli import run_gateway
 
@@ -625,6 +696,10 @@ def main(argv: list[str] | None = None) -> int:
             from defi_ws.dashboard import run_demo
 
             return int(runner(run_demo(args)))
+        if args.specs:
+            from defi_ws.cli_venues import run_tail_venues
+
+            return int(runner(run_tail_venues(args)))
         if args.pool or args.redundancy > 1:
             return int(runner(run_tail_pool(args)))
         from defi_ws.cli_tail import run_tail
