@@ -7,19 +7,13 @@ venue added to it is listed and checked here without a change."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from defi_ws import _compat
 from defi_ws.cli import main
 from defi_ws.cli_venues import adapter_facts, describe_heartbeat
 from defi_ws.report import format_count
@@ -27,13 +21,7 @@ from defi_ws.testing import ExchangeSimulator
 from defi_ws.testing.dialects import BinanceDialect, OkxDialect, Product
 from defi_ws.testing.dialects.binance import ALL_CHANNELS
 from defi_ws.venues import ADAPTERS
-
-CLI = [sys.executable, "-m", "defi_ws"]
-
-
-def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s)
-
+from tests.test_cli_tail import Tail, run_cli
 
 # ----------------------------------------------------------------------------- venues
 
@@ -101,46 +89,13 @@ def test_venues_json() -> None:
 # ----------------------------------------------------------------------------- tail
 
 
-class Run:
+class Run(Tail):
     """A running `defi-ws tail` of venue specs: stdout to a file, stderr read by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, out: Path) -> None:
-        self.proc = proc
-        self.out = out
-        self.lines: list[str] = []
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def start(cls, tmp_path: Path, *args: str) -> AsyncIterator[Run]:
-        out = tmp_path / "stdout.txt"
-        with out.open("wb") as sink:
-            proc = await asyncio.create_subprocess_exec(
-                *CLI, "tail", *args, stdout=sink, stderr=subprocess.PIPE)
-        run = cls(proc, out)
-        try:
-            yield run
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
 
     async def wait_for(self, needles: list[str], timeout_s: float = 30) -> None:
         """Read stderr until every needle appeared in a line."""
-        assert self.proc.stderr is not None
-        async with _compat.timeout(timeout_s):
-            while not all(any(n in line for line in self.lines) for n in needles):
-                line = await self.proc.stderr.readline()
-                if not line:
-                    raise AssertionError("tail exited:\n" + "\n".join(self.lines))
-                self.lines.append(line.decode().rstrip("\n"))
-
-    async def interrupt(self) -> int:
-        assert self.proc.stderr is not None
-        self.proc.send_signal(signal.SIGINT)
-        async with _compat.timeout(30):
-            self.lines.extend((await self.proc.stderr.read()).decode().splitlines())
-            return await self.proc.wait()
+        await self.wait_line(
+            lambda lines: all(any(n in line for line in lines) for n in needles), timeout_s)
 
     def messages(self) -> list[tuple[str, Any]]:
         """``(label, message)`` of each stdout line."""
@@ -168,7 +123,7 @@ async def test_specs_of_two_venues_run_one_feed_each_and_name_their_venue(
                 "btcusdt@trade", "ethusdt@trade", "solusdt@trade")), 10)
             await okx.wait_for(lambda: okx.subscribers("trades:BTC-USDT") == 1, 10)
             await asyncio.sleep(1.0)
-            status = await run.interrupt()
+            status = await run.finish()
         assert binance.connections_accepted == 2 and okx.connections_accepted == 1
     lines = run.lines
     assert status == 0, "\n".join(lines)
@@ -202,7 +157,7 @@ async def test_a_usdm_spec_picks_its_endpoint_from_the_topics(tmp_path: Path) ->
             await run.wait_for([f"binance-usdm: live on {base}/market/stream"])
             await sim.wait_for(lambda: sim.subscribers("btcusdt@aggTrade") == 1, 10)
             await asyncio.sleep(0.5)
-            status = await run.interrupt()
+            status = await run.finish()
     assert status == 0, "\n".join(run.lines)
     text = run.out.read_text()
     assert text.startswith('binance-usdm {\n  "stream": "btcusdt@aggTrade"'), text[:200]
@@ -221,7 +176,7 @@ async def test_a_refused_stream_and_a_drop_are_status_lines_of_their_venue(
             sim.drop_all()
             await run.wait_for(["binance: disconnected: transport_error",
                                 f"binance: reconnecting to {url} (attempt 1 of 6)"])
-            status = await run.interrupt()
+            status = await run.finish()
     lines = run.lines
     assert status == 0, "\n".join(lines)
     assert lines[0] == f"[defi-ws] binance: connecting to {url} (attempt 1 of 6)"
