@@ -13,9 +13,10 @@
   [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr
   (:mod:`defi_ws.cli_tail`); Ctrl-C prints a summary. With ``--redundancy N`` (N > 1)
   or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once; a
-  status line per connect attempt of each connection).
+  status line per connect attempt of each connection; :mod:`defi_ws.cli_pool`).
 * ``defi-ws tail VENUE:TOPIC[,TOPIC...] [VENUE:TOPIC...] [--url [VENUE=]URL]...``:
-  tails venue specs through their adapters, one feed per spec, each message and
+  tails venue specs through their adapters, one feed per spec (a pool per spec with
+  ``--redundancy``/``--pool``, de-duplicated by the adapter's rule), each message and
   status line labelled with its venue (:mod:`defi_ws.cli_venues`).
 * ``defi-ws venues [--json]``: every venue adapter with its default endpoint,
   heartbeat and limits.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import subprocess
@@ -41,8 +41,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
-
-from defi_ws._compat import TimeoutErrors
 
 __all__ = ["main"]
 
@@ -234,8 +232,12 @@ def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
     return handler
 
 
-def check_tail_args(args: argparse.Namespace) -> None:
-    """Usage errors among tail's flags (one line each, exit status 2)."""
+def check_tail_args(args: argparse.Namespace, *, venue_specs: bool = False) -> None:
+    """Usage errors among tail's flags (one line each, exit status 2).
+
+    With ``venue_specs`` a pool needs no ``--topic`` nor ``--dedup-*`` flag: the specs
+    carry the topics and each adapter its de-duplication.
+    """
     pooled = args.pool or args.redundancy > 1
     if args.redundancy < 1:
         raise CliError(f"--redundancy must be >= 1, got {args.redundancy}")
@@ -256,6 +258,8 @@ def check_tail_args(args: argparse.Namespace) -> None:
                             ("--max-age", args.max_age)):
             if value is not None:
                 raise CliError(f"{flag} needs a pool: --redundancy N (N > 1) or --pool")
+        return
+    if venue_specs:
         return
     if args.dedup_id is None and args.dedup_hash is None:
         # A rotation (by age or on a venue notice) overlaps two connections as well.
@@ -282,201 +286,6 @@ def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) ->
     return (f"pool: {live}/{len(conns)} live; {parts}; {printed:,} messages, "
             f"{_count(snap['duplicates_dropped'])} duplicates dropped, "
             f"{snap['rotations']} rotations, {snap['gaps']} gaps")
-
-
-async def run_tail_pool(args: argparse.Namespace) -> int:
-    """Tail a :class:`~defi_ws.FeedPool` until Ctrl-C (or --duration); return the exit
-    status."""
-    from defi_ws.cli_tail import (
-        TailWatch,
-        connection_options,
-        gap_line,
-        reconnect_strategy,
-        status_line,
-    )
-    from defi_ws.errors import ConfigError
-    from defi_ws.handler import DedupSpec, VenueLimits
-    from defi_ws.lifecycle import State
-    from defi_ws.pool import FeedPool
-    from defi_ws.reasons import Disconnect
-    from defi_ws.sequence import Gap
-
-    url = checked_url(args.url)
-    heartbeat = parse_ping(args.ping or "ws")
-    out = sys.stdout.buffer
-    handler = tail_handler(url, args.format, out, topics=True)
-    spec: DedupSpec
-    if args.dedup_id is not None:
-        topic_field = "topic" if args.dedup_topic is None else (args.dedup_topic or None)
-        spec = DedupSpec(id_field=args.dedup_id, topic_field=topic_field)
-        dedup_text = f"id field {args.dedup_id!r} " + (
-            f"per topic field {topic_field!r}" if topic_field else "(one topic)")
-    else:  # check_tail_args: one of the two
-        spec = DedupSpec(hash_field=args.dedup_hash)
-        dedup_text = f"hash of field {args.dedup_hash!r}"
-    intro = (f"pool: redundancy {args.redundancy}, {len(args.topic)} topic(s), "
-             f"de-duplication on {dedup_text}, rotation "
-             + (f"before {args.max_age:g} s of age and " if args.max_age else "")
-             + f"on venue notices; status every {args.status_interval:g} s: each connection "
-             "(replica#serial), its state and its share of the messages it delivered first "
-             "since the previous status line")
-    disconnects: Counter[str] = Counter()
-    went_live = False
-    pool: FeedPool
-    status = status_line
-    #: Each connection's status lines, by the pool's connection number (generation).
-    watches: dict[int, TailWatch] = {}
-
-    def live_count() -> str:
-        clients = pool.clients()
-        live = sum(client.state is State.LIVE for client in clients)
-        return f"{live}/{len(clients)} connections live"
-
-    def per_connection(group: int, replica: int, generation: int) -> dict[str, Any]:
-        """Status lines of one connection, as a single-URL tail prints them, labelled
-        ``r0#3:`` (replica 0, the pool's 3rd connection)."""
-        label = _connection_label({"group": group, "replica": replica,
-                                   "generation": generation}, 2 if group else 1)
-
-        def say(text: str) -> None:
-            if text.startswith(("live on", "disconnected:")):
-                text += f" ({live_count()})"
-            status(f"{label}: {text}")
-
-        watch = watches[generation] = TailWatch(url, args.retries, say, proxy=args.proxy)
-
-        def on_connected() -> None:
-            nonlocal went_live
-            if not went_live:  # said once there is a pool to speak of
-                went_live = True
-                status(intro)
-            watch.on_connected()
-
-        def on_disconnected(disconnect: Disconnect) -> None:
-            watch.client = pool.connection(generation)  # for its next attempt's delay
-            watch.on_disconnected(disconnect)
-
-        def on_state_change(old: State, new: State) -> None:
-            watch.on_state_change(old, new)
-            if new is State.CLOSED:  # a connection that ends wakes the loop at once
-                wake.set()
-
-        return {"on_connected": on_connected, "on_disconnected": on_disconnected,
-                "on_state_change": on_state_change,
-                "on_gave_up": lambda _disconnect: wake.set()}
-
-    def on_disconnected(disconnect: Disconnect) -> None:
-        disconnects[disconnect.reason.label] += 1
-
-    def on_gap(gap: Gap) -> None:
-        status(gap_line(gap))
-
-    def on_rejected(topic: str, detail: str) -> None:
-        status(f"subscription {topic!r} rejected: {detail}")
-
-    wake = asyncio.Event()  # stop, or a connection closed for good
-    try:
-        pool = FeedPool(
-            handler,
-            topics=args.topic,
-            redundancy=args.redundancy,
-            dedup=spec,
-            limits=VenueLimits(max_connection_age_s=args.max_age),
-            on_gap=on_gap,
-            on_disconnected=on_disconnected,
-            on_subscription_rejected=on_rejected,
-            client_options={
-                "heartbeat": heartbeat,
-                "stale_after_s": args.stale_after,
-                "reconnect": reconnect_strategy(args.retries),
-                "stable_after_s": 0.0,  # a connection that went LIVE resets the count
-                **connection_options(args, status),
-            },
-            connection_options=per_connection,
-            name="tail",
-        )
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        stop.set()
-        wake.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    started = loop.time()
-    watch = PoolWatch()
-    reported: set[int] = set()  # connections whose giving up was reported
-    first_give_up: str | None = None  # the first connection's give-up, labelled
-    snap: dict[str, Any] = pool.snapshot()
-    status_code = 0
-    ended = False
-    try:
-        async with pool:
-            deadline = None if args.duration is None else loop.time() + args.duration
-            next_status = loop.time() + args.status_interval
-            while not stop.is_set():
-                wake.clear()
-                snap = pool.snapshot()
-                clients = pool.clients()  # same order as snap["connections"]
-                for conn, client in zip(snap["connections"], clients, strict=False):
-                    generation = conn["generation"]
-                    if client.fatal is not None and generation not in reported:
-                        reported.add(generation)
-                        outcome = (f"{_connection_label(conn, snap['groups'])}: "
-                                   f"{watches[generation].gave_up(client.fatal.disconnect)}")
-                        first_give_up = first_give_up or outcome
-                        status(outcome)
-                if clients and all(client.state is State.CLOSED for client in clients):
-                    ended = True  # every connection gave up (or the venue ended them)
-                    break
-                for change in watch.rotated(snap):
-                    status(f"rotated {change} (make-before-break; "
-                           f"{snap['rotations']} rotation(s) so far)")
-                now = loop.time()
-                if now >= next_status:
-                    next_status = now + args.status_interval
-                    status(pool_status_line(snap, watch, handler.printed))
-                    if args.stats:
-                        status(orjson.dumps(snap).decode())
-                out.flush()
-                if deadline is not None and now >= deadline:
-                    break
-                timeout = 0.25 if deadline is None else min(0.25, max(0.0, deadline - now))
-                with contextlib.suppress(*TimeoutErrors):
-                    await asyncio.wait_for(wake.wait(), timeout)
-            snap = pool.snapshot()  # before the pool stops: its connections
-        if ended and first_give_up is not None:
-            print(f"defi-ws: error: every connection gave up; {first_give_up}",
-                  file=sys.stderr)
-            status_code = 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        out.flush()
-    if not went_live:
-        if stop.is_set():  # Ctrl-C before any connection went LIVE
-            status(f"summary: never live; {snap['connections_opened']} connection(s) "
-                   f"opened in {loop.time() - started:.1f} s, disconnects "
-                   + (", ".join(f"{reason} {count}" for reason, count
-                                in disconnects.most_common()) or "none"))
-        return status_code
-    status(
-        f"summary: {handler.printed:,} messages, "
-        f"{_count(snap['duplicates_dropped'])} duplicates dropped, "
-        f"{snap['rotations']} rotations, {snap['connections_opened']} connections opened, "
-        f"{snap['gaps']} gaps, disconnects "
-        + (", ".join(f"{reason} {count}" for reason, count in disconnects.most_common())
-           or "none")
-    )
-    if args.stats:
-        lines = pool_summary(snap, disconnects)
-        status(f"pool snapshot: {lines[0]}")
-        for line in lines[1:]:
-            status(line)
-    return status_code
 
 
 def run_bench(argv: list[str]) -> int:
@@ -597,10 +406,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="stop after S seconds (for scripts; default: until Ctrl-C)")
     tail.add_argument("--redundancy", type=int, default=1, metavar="N",
                       help="connections carrying the same topics (hot-hot); N > 1 runs a "
-                           "FeedPool and needs --dedup-id or --dedup-hash (default 1)")
+                           "FeedPool and needs --dedup-id or --dedup-hash with a URL (a venue "
+                           "spec's adapter has its own rule) (default 1)")
     tail.add_argument("--pool", action="store_true",
                       help="run a FeedPool even with --redundancy 1 (rotation by --max-age "
-                           "and on venue notices; needs --dedup-id or --dedup-hash)")
+                           "and on venue notices; needs --dedup-id or --dedup-hash with a "
+                           "URL)")
     tail.add_argument("--dedup-id", metavar="FIELD",
                       help="de-duplicate on this JSON field, a monotonic id per topic (e.g. "
                            "seq): exactly once, in order per topic, holes reported as gaps")
@@ -701,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(runner(run_tail_venues(args)))
         if args.pool or args.redundancy > 1:
+            from defi_ws.cli_pool import run_tail_pool
+
             return int(runner(run_tail_pool(args)))
         from defi_ws.cli_tail import run_tail
 

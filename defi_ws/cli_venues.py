@@ -15,7 +15,13 @@ up here with nothing else to change.
   tail, after the same label (``[defi-ws] okx: live on wss://...``).
   ``--url [VENUE=]URL`` replaces an adapter's endpoint (for all specs, or those of one
   venue): it is the adapter's ``url=`` argument, so for ``binance-usdm`` it is the
-  base URL the endpoint path is appended to.
+  base URL the endpoint path is appended to. ``--ping`` replaces the adapter's
+  heartbeat.
+* With ``--redundancy N`` or ``--pool``, each spec runs a :class:`~defi_ws.FeedPool`
+  (:mod:`defi_ws.cli_pool`) with its adapter's limits (topics per connection,
+  outbound rate, connection rate, age: rotation before it) and de-duplication rule
+  (``--dedup-id``/``--dedup-hash``/``--max-age`` override them); its status lines name
+  the venue and the connection (``[defi-ws] binance r0#1: live on ...``).
 """
 
 from __future__ import annotations
@@ -233,11 +239,7 @@ def check_spec_args(args: argparse.Namespace) -> None:
     if args.format == "raw":
         raise CliError("--format raw goes with a URL: a venue's adapter decodes every "
                        "message (auto, json or pretty)")
-    if args.pool or args.redundancy > 1:
-        raise CliError("--redundancy and --pool take a URL and --topic: venue specs run "
-                       "one connection each (FeedPool with the venue's adapter in code: "
-                       "see defi_ws.venues)")
-    check_tail_args(args)
+    check_tail_args(args, venue_specs=True)
 
 
 def endpoint_overrides(values: Sequence[str], venues: Mapping[str, Any]
@@ -281,40 +283,66 @@ class VenuePrinter:
                                                     default=str) + b"\n")
 
 
-async def run_tail_venues(args: argparse.Namespace) -> int:
-    """Tail ``args.specs``, one feed per spec, until Ctrl-C, ``--duration`` or the end
-    of every feed; return the exit status."""
-    from defi_ws.client import FeedClient
-    from defi_ws.errors import ConfigError
+@dataclasses.dataclass(frozen=True)
+class _SpecFeed:
+    label: str
+    venue: str
+    handler: Any
+    topics: list[str]
+    printer: VenuePrinter
+
+
+def _spec_feeds(args: argparse.Namespace) -> list[_SpecFeed]:
+    """Each spec's adapter (with ``--url``), topics and printer, labelled by venue."""
     from defi_ws.venues import ADAPTERS, adapter_for, parse_spec
 
     overrides = endpoint_overrides(args.endpoint, ADAPTERS)
-    options = connection_options(args, status_line)
-    if args.ping is not None:  # else each adapter's recommended heartbeat
-        options["heartbeat"] = parse_ping(args.ping)
     out = sys.stdout.buffer
     seen: Counter[str] = Counter()
-    feeds: list[TailFeed] = []
+    feeds = []
     for spec in args.specs:
         venue, _ = parse_spec(spec)
         seen[venue] += 1
         label = venue if seen[venue] == 1 else f"{venue}#{seen[venue]}"
-        say = labelled(label, status_line)
         printer = VenuePrinter(label, args.format, out)
-        adapter_options: dict[str, Any] = {"on_data": printer}
+        options: dict[str, Any] = {"on_data": printer}
         url = overrides.get(venue, overrides.get(None))
         if url is not None:
-            adapter_options["url"] = url
+            options["url"] = url
         try:
-            handler, topics = adapter_for(spec, **adapter_options)
-            most = getattr(getattr(handler, "limits", None), "topics_per_connection", None)
-            if isinstance(most, int) and len(topics) > most:
-                raise CliError(f"{label}: {len(topics)} topics, more than {venue} allows on "
-                               f"one connection ({most}): split them into several specs")
-            watch = TailWatch(handler.url(0), args.retries, say, proxy=args.proxy)
+            handler, topics = adapter_for(spec, **options)
+        except ValueError as exc:  # the spec itself (it is named)
+            raise CliError(str(exc)) from None
+        feeds.append(_SpecFeed(label, venue, handler, topics, printer))
+    return feeds
+
+
+async def run_tail_venues(args: argparse.Namespace) -> int:
+    """Tail ``args.specs``, one feed per spec (a FeedClient, or a FeedPool with
+    ``--redundancy``/``--pool``), until Ctrl-C, ``--duration`` or the end of every
+    feed; return the exit status."""
+    from defi_ws.client import FeedClient
+    from defi_ws.errors import ConfigError
+
+    # --ping, else each adapter's recommended heartbeat (FeedClient's default with it)
+    heartbeat = {} if args.ping is None else {"heartbeat": parse_ping(args.ping)}
+    specs = _spec_feeds(args)
+    if args.pool or args.redundancy > 1:
+        return await _tail_venue_pools(args, specs, heartbeat)
+    options = {**connection_options(args, status_line), **heartbeat}
+    feeds: list[TailFeed] = []
+    for spec in specs:
+        say = labelled(spec.label, status_line)
+        most = getattr(getattr(spec.handler, "limits", None), "topics_per_connection", None)
+        if isinstance(most, int) and len(spec.topics) > most:
+            raise CliError(f"{spec.label}: {len(spec.topics)} topics, more than {spec.venue} "
+                           f"allows on one connection ({most}): split them into several "
+                           "specs, or give --pool")
+        watch = TailWatch(spec.handler.url(0), args.retries, say, proxy=args.proxy)
+        try:
             client = FeedClient(
-                handler,
-                topics=topics,
+                spec.handler,
+                topics=spec.topics,
                 stale_after_s=args.stale_after,
                 reconnect=reconnect_strategy(args.retries),
                 stable_after_s=0.0,  # a connection that went LIVE resets the attempt count
@@ -324,16 +352,36 @@ async def run_tail_venues(args: argparse.Namespace) -> int:
                 on_state_change=watch.on_state_change,
                 on_subscription_rejected=_rejections(say),
                 on_gap=_gaps(say),
-                name=f"tail.{label}",
+                name=f"tail.{spec.label}",
                 **options,
             )
-        except ValueError as exc:  # the spec itself (it is named)
-            raise CliError(str(exc)) from None
         except ConfigError as exc:
-            raise CliError(f"{spec}: {exc}") from None
+            raise CliError(f"{spec.label}: {exc}") from None
         watch.client = client
-        feeds.append(TailFeed(label, client, watch, printer))
+        feeds.append(TailFeed(spec.label, client, watch, spec.printer))
     return await tail_feeds(args, feeds)
+
+
+async def _tail_venue_pools(args: argparse.Namespace, specs: Sequence[_SpecFeed],
+                            heartbeat: dict[str, Any]) -> int:
+    """A FeedPool per spec: the adapter's limits and de-duplication (unless
+    ``--max-age``, ``--dedup-id`` or ``--dedup-hash`` say otherwise)."""
+    import asyncio
+
+    from defi_ws.cli_pool import PoolTail, client_options, flag_dedup, run_tail_pools
+
+    options = {**client_options(args), **heartbeat}
+    wake = asyncio.Event()
+    tails = []
+    for spec in specs:
+        limits = None
+        if args.max_age is not None:
+            limits = dataclasses.replace(spec.handler.limits, max_connection_age_s=args.max_age)
+        tails.append(PoolTail(args, label=spec.label, url=spec.handler.url(0),
+                              handler=spec.handler, topics=spec.topics, dedup=flag_dedup(args),
+                              limits=limits, counter=spec.printer, client_options=options,
+                              wake=wake))
+    return await run_tail_pools(args, tails, wake)
 
 
 def _rejections(say: Callable[[str], None]) -> Callable[[str, str], None]:

@@ -7,7 +7,9 @@ venue added to it is listed and checked here without a change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +108,19 @@ class Run(Tail):
         return pairs
 
 
+@contextlib.asynccontextmanager
+async def binance_and_okx(rate_per_s: float) -> AsyncIterator[
+        tuple[ExchangeSimulator, ExchangeSimulator, str, str]]:
+    """A Binance and an OKX simulator, and the URLs tail connects to."""
+    async with ExchangeSimulator(dialect=BinanceDialect(), rate_per_s=rate_per_s) as binance, \
+            ExchangeSimulator(dialect=OkxDialect(), rate_per_s=rate_per_s) as okx:
+        yield binance, okx, binance.url + "stream", okx.url
+
+
 @pytest.mark.asyncio(loop_factories=["uvloop"])
 async def test_specs_of_two_venues_run_one_feed_each_and_name_their_venue(
         tmp_path: Path) -> None:
-    async with ExchangeSimulator(dialect=BinanceDialect(), rate_per_s=20) as binance, \
-            ExchangeSimulator(dialect=OkxDialect(), rate_per_s=20) as okx:
-        binance_url, okx_url = binance.url + "stream", okx.url
+    async with binance_and_okx(20) as (binance, okx, binance_url, okx_url):
         async with Run.start(
                 tmp_path, "binance:BTCUSDT@trade,ethusdt@trade", "okx:trades:BTC-USDT",
                 "binance:solusdt@trade",  # the same venue twice: a feed of its own
@@ -186,6 +195,48 @@ async def test_a_refused_stream_and_a_drop_are_status_lines_of_their_venue(
             "Invalid request: invalid stream") in lines
 
 
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_specs_with_redundancy_run_a_pool_per_venue_with_its_adapters_dedup(
+        tmp_path: Path) -> None:
+    async with binance_and_okx(50) as (binance, okx, binance_url, okx_url):
+        async with Run.start(
+                tmp_path, "binance:btcusdt@trade", "okx:trades:BTC-USDT", "--redundancy", "2",
+                "--url", f"binance={binance_url}", "--url", f"okx={okx_url}",
+                "--status-interval", "0.5") as run:
+            await binance.wait_for(lambda: binance.subscribers("btcusdt@trade") == 2, 15)
+            await okx.wait_for(lambda: okx.subscribers("trades:BTC-USDT") == 2, 15)
+            await asyncio.sleep(0.5)
+            assert binance.drop(binance.connections[0])  # the other one carries the feed
+            await binance.wait_for(lambda: binance.connections_accepted >= 3
+                                   and binance.subscribers("btcusdt@trade") == 2, 15)
+            await run.wait_for(["binance: pool: 2/2 live", "okx: pool: 2/2 live"])
+            await asyncio.sleep(0.5)
+            status = await run.finish()
+    lines = run.lines
+    text = "\n".join(lines)
+    assert status == 0, text
+    for venue, url in (("binance", binance_url), ("okx", okx_url)):
+        for connection in ("r0#", "r1#"):
+            assert re.search(rf"^\[defi-ws\] {venue} {connection}\d+: connecting to "
+                             rf"{re.escape(url)} \(attempt 1 of 6\)$", text, re.M), text
+        assert f"[defi-ws] {venue}: pool: redundancy 2, 1 topic(s), de-duplication on " in text
+    assert re.search(r"^\[defi-ws\] binance r\d#\d+: disconnected: transport_error.* "
+                     r"\(1/2 connections live\)$", text, re.M), text
+    assert "the key of dedup_key()" in text  # Binance's own rule: (stream, trade id)
+    assert "hash of field 'data'" in text  # OKX's
+    trades = [m["data"]["t"] for label, m in run.messages() if label == "binance"]
+    assert len(trades) >= 50 and trades == list(range(trades[0], trades[-1] + 1)), \
+        "a Binance trade printed twice or lost"
+    okx_ids = [m["data"][0]["tradeId"] for label, m in run.messages() if label == "okx"]
+    assert len(okx_ids) >= 50 and len(set(okx_ids)) == len(okx_ids)
+    for venue, count in (("binance", len(trades)), ("okx", len(okx_ids))):
+        summary = next(line for line in lines if line.startswith(f"[defi-ws] {venue}: summary:"))
+        assert f"summary: {count:,} messages, " in summary
+        dropped = int(re.search(r"([\d,]+) duplicates dropped", summary)[1].replace(",", ""))
+        assert dropped >= 40, summary
+    assert "Traceback" not in text
+
+
 def test_a_venue_that_never_answers_gives_up_with_its_name() -> None:
     done = run_cli("tail", "okx:trades:BTC-USDT", "--url", "ws://127.0.0.1:1/?key=SECRET",
                    "--retries", "0")
@@ -207,7 +258,8 @@ def test_a_venue_that_never_answers_gives_up_with_its_name() -> None:
     (["binance:btcusdt@trade", "--topic", "x"], "--topic goes with a URL"),
     (["binance:btcusdt@trade", "--subscribe", "{}"], "--subscribe goes with a URL"),
     (["binance:btcusdt@trade", "--format", "raw"], "--format raw goes with a URL"),
-    (["binance:btcusdt@trade", "--redundancy", "2"], "venue specs run one connection each"),
+    (["binance:btcusdt@trade", "--max-age", "60"], "--max-age needs a pool"),
+    (["binance:btcusdt@trade", "--redundancy", "0"], "--redundancy must be >= 1"),
     (["binance:btcusdt@trade", "--url", "http://x"], "URL must start with ws://"),
     (["binance:btcusdt@trade", "--url", "kraken2=ws://x/"], "--url kraken2=...: no venue"),
     (["binance:btcusdt@trade", "--url", "ws://a/", "--url", "ws://b/"], "--url given twice"),
