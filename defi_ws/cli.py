@@ -12,7 +12,14 @@
   [--redundancy N | --pool] [--dedup-id FIELD [--dedup-topic FIELD] | --dedup-hash FIELD]
   [--max-age S]``: tails a feed with reconnects; messages to stdout, status to stderr
   (:mod:`defi_ws.cli_tail`); Ctrl-C prints a summary. With ``--redundancy N`` (N > 1)
-  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once).
+  or ``--pool`` it tails a :class:`~defi_ws.FeedPool` (each message printed once; a
+  status line per connect attempt of each connection; :mod:`defi_ws.cli_pool`).
+* ``defi-ws tail VENUE:TOPIC[,TOPIC...] [VENUE:TOPIC...] [--url [VENUE=]URL]...``:
+  tails venue specs through their adapters, one feed per spec (a pool per spec with
+  ``--redundancy``/``--pool``, de-duplicated by the adapter's rule), each message and
+  status line labelled with its venue (:mod:`defi_ws.cli_venues`).
+* ``defi-ws venues [--json]``: every venue adapter with its default endpoint,
+  heartbeat and limits.
 * ``defi-ws run gateway.toml [--check] [--verbose]``: runs the feed gateway
   (:mod:`defi_ws.gateway`) until SIGTERM/SIGINT, then drains.
 * ``defi-ws bench ...``: runs the benchmarks of a source checkout (``bench/run.py``).
@@ -24,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import subprocess
@@ -35,8 +41,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
-
-from defi_ws._compat import TimeoutErrors
 
 __all__ = ["main"]
 
@@ -228,8 +232,12 @@ def tail_handler(url: str, fmt: str, out: Any, *, topics: bool) -> Any:
     return handler
 
 
-def check_tail_args(args: argparse.Namespace) -> None:
-    """Usage errors among tail's flags (one line each, exit status 2)."""
+def check_tail_args(args: argparse.Namespace, *, venue_specs: bool = False) -> None:
+    """Usage errors among tail's flags (one line each, exit status 2).
+
+    With ``venue_specs`` a pool needs no ``--topic`` nor ``--dedup-*`` flag: the specs
+    carry the topics and each adapter its de-duplication.
+    """
     pooled = args.pool or args.redundancy > 1
     if args.redundancy < 1:
         raise CliError(f"--redundancy must be >= 1, got {args.redundancy}")
@@ -250,6 +258,8 @@ def check_tail_args(args: argparse.Namespace) -> None:
                             ("--max-age", args.max_age)):
             if value is not None:
                 raise CliError(f"{flag} needs a pool: --redundancy N (N > 1) or --pool")
+        return
+    if venue_specs:
         return
     if args.dedup_id is None and args.dedup_hash is None:
         # A rotation (by age or on a venue notice) overlaps two connections as well.
@@ -278,176 +288,6 @@ def pool_status_line(snap: Mapping[str, Any], watch: PoolWatch, printed: int) ->
             f"{snap['rotations']} rotations, {snap['gaps']} gaps")
 
 
-async def run_tail_pool(args: argparse.Namespace) -> int:
-    """Tail a :class:`~defi_ws.FeedPool` until Ctrl-C (or --duration); return the exit
-    status."""
-    from defi_ws.cli_tail import connection_options, reconnect_strategy
-    from defi_ws.client import FeedClient
-    from defi_ws.errors import ConfigError
-    from defi_ws.handler import DedupSpec, VenueLimits
-    from defi_ws.lifecycle import State
-    from defi_ws.pool import FeedPool
-    from defi_ws.reasons import Disconnect
-    from defi_ws.sequence import Gap
-    from defi_ws.transport import redact_url
-
-    url = checked_url(args.url)
-    heartbeat = parse_ping(args.ping)
-    out = sys.stdout.buffer
-    handler = tail_handler(url, args.format, out, topics=True)
-    spec: DedupSpec
-    if args.dedup_id is not None:
-        topic_field = "topic" if args.dedup_topic is None else (args.dedup_topic or None)
-        spec = DedupSpec(id_field=args.dedup_id, topic_field=topic_field)
-        dedup_text = f"id field {args.dedup_id!r} " + (
-            f"per topic field {topic_field!r}" if topic_field else "(one topic)")
-    else:  # check_tail_args: one of the two
-        spec = DedupSpec(hash_field=args.dedup_hash)
-        dedup_text = f"hash of field {args.dedup_hash!r}"
-    intro = (f"pool: redundancy {args.redundancy}, {len(args.topic)} topic(s), "
-             f"de-duplication on {dedup_text}, rotation "
-             + (f"before {args.max_age:g} s of age and " if args.max_age else "")
-             + f"on venue notices; status every {args.status_interval:g} s: each connection "
-             "(replica#serial), its state and its share of the messages it delivered first "
-             "since the previous status line")
-    disconnects: Counter[str] = Counter()
-    went_live = False
-    pool: FeedPool
-
-    def status(text: str) -> None:
-        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
-
-    def live_count() -> str:
-        clients = pool.clients()
-        live = sum(client.state is State.LIVE for client in clients)
-        return f"{live}/{len(clients)} connections live"
-
-    def on_connected() -> None:
-        nonlocal went_live
-        if not went_live:  # said once there is a pool to speak of: errors stay one line
-            went_live = True
-            status(intro)
-        status(f"live on {redact_url(url)} ({live_count()})")
-
-    def on_disconnected(disconnect: Disconnect) -> None:
-        disconnects[disconnect.reason.label] += 1
-        if went_live:  # before the first success, only the final error is worth a line
-            status(f"disconnected: {disconnect.describe()} ({live_count()})")
-
-    def on_gap(gap: Gap) -> None:
-        status(f"gap on {gap.topic}: {gap.size} message(s) missing "
-               f"({gap.first_missing}..{gap.last_missing})")
-
-    def on_rejected(topic: str, detail: str) -> None:
-        status(f"subscription {topic!r} rejected: {detail}")
-
-    wake = asyncio.Event()  # stop, or a connection closed for good
-    try:
-        pool = FeedPool(
-            handler,
-            topics=args.topic,
-            redundancy=args.redundancy,
-            dedup=spec,
-            limits=VenueLimits(max_connection_age_s=args.max_age),
-            on_gap=on_gap,
-            on_disconnected=on_disconnected,
-            on_subscription_rejected=on_rejected,
-            client_options={
-                "heartbeat": heartbeat,
-                "stale_after_s": args.stale_after,
-                "reconnect": reconnect_strategy(args.retries),
-                "stable_after_s": 0.0,  # a connection that went LIVE resets the count
-                "on_connected": on_connected,
-                # A connection that ends wakes the loop at once (no polling delay).
-                "on_gave_up": lambda _disconnect: wake.set(),
-                "on_state_change": lambda _old, new: wake.set() if new is State.CLOSED
-                else None,
-                **connection_options(args, status),
-            },
-            name="tail",
-        )
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        stop.set()
-        wake.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    started = loop.time()
-    watch = PoolWatch()
-    reported: set[int] = set()  # connections whose giving up was reported
-    fatal: FeedClient | None = None
-    snap: dict[str, Any] = pool.snapshot()
-    status_code = 0
-    ended = False
-    try:
-        async with pool:
-            deadline = None if args.duration is None else loop.time() + args.duration
-            next_status = loop.time() + args.status_interval
-            while not stop.is_set():
-                wake.clear()
-                snap = pool.snapshot()
-                clients = pool.clients()  # same order as snap["connections"]
-                for conn, client in zip(snap["connections"], clients, strict=False):
-                    if client.fatal is not None and conn["generation"] not in reported:
-                        reported.add(conn["generation"])
-                        fatal = fatal or client
-                        if went_live:
-                            status(f"{_connection_label(conn, snap['groups'])} gave up: "
-                                   f"{client.fatal.disconnect.describe()}")
-                if clients and all(client.state is State.CLOSED for client in clients):
-                    ended = True  # every connection gave up (or the venue ended them)
-                    break
-                for change in watch.rotated(snap):
-                    status(f"rotated {change} (make-before-break; "
-                           f"{snap['rotations']} rotation(s) so far)")
-                now = loop.time()
-                if now >= next_status:
-                    next_status = now + args.status_interval
-                    status(pool_status_line(snap, watch, handler.printed))
-                    if args.stats:
-                        status(orjson.dumps(snap).decode())
-                out.flush()
-                if deadline is not None and now >= deadline:
-                    break
-                timeout = 0.25 if deadline is None else min(0.25, max(0.0, deadline - now))
-                with contextlib.suppress(*TimeoutErrors):
-                    await asyncio.wait_for(wake.wait(), timeout)
-            snap = pool.snapshot()  # before the pool stops: its connections
-        if ended and fatal is not None and fatal.fatal is not None:
-            print(f"defi-ws: error: {fatal.fatal.disconnect.describe()}", file=sys.stderr)
-            status_code = 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        out.flush()
-    if not went_live:
-        if stop.is_set():  # Ctrl-C before any connection went LIVE
-            status(f"summary: never live; {snap['connections_opened']} connection(s) "
-                   f"opened in {loop.time() - started:.1f} s, disconnects "
-                   + (", ".join(f"{reason} {count}" for reason, count
-                                in disconnects.most_common()) or "none"))
-        return status_code
-    status(
-        f"summary: {handler.printed:,} messages, "
-        f"{_count(snap['duplicates_dropped'])} duplicates dropped, "
-        f"{snap['rotations']} rotations, {snap['connections_opened']} connections opened, "
-        f"{snap['gaps']} gaps, disconnects "
-        + (", ".join(f"{reason} {count}" for reason, count in disconnects.most_common())
-           or "none")
-    )
-    if args.stats:
-        lines = pool_summary(snap, disconnects)
-        status(f"pool snapshot: {lines[0]}")
-        for line in lines[1:]:
-            status(line)
-    return status_code
-
-
 def run_bench(argv: list[str]) -> int:
     """Run ``bench/run.py`` of the source checkout this package lives in."""
     script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
@@ -470,9 +310,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``defi-ws`` parser and its subcommands' parsers, by name."""
     from defi_ws.cli_tail import parse_header, parse_retries, positive_seconds
+    from defi_ws.testing.dialects.base import Dialect
 
     parser = _Parser(prog="defi-ws", description="defi-ws command line: tail a feed, "
-                     "watch the demo, run a local venue simulator, run the benchmarks. "
+                     "list the venues, watch the demo, run a local venue simulator, run "
+                     "a gateway, run the benchmarks. "
                      "`defi-ws COMMAND --help` for each command's options.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=_Parser)
@@ -509,8 +351,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                     "protocol of JsonHandler: {\"op\":\"subscribe\",\"args\":[...]}, acks "
                     "{\"event\":\"subscribed\",\"topic\":...}, notices {\"event\":\"notice\"}), "
                     "not raw --subscribe messages; for another protocol, write a handler "
-                    "(examples/).")
-    tail.add_argument("url", help="ws:// or wss:// URL of the feed")
+                    "(examples/). Instead of a URL, venue specs (binance:btcusdt@trade,"
+                    "ethusdt@trade okx:trades:BTC-USDT) tail venues through their adapters: "
+                    "one feed per spec with the venue's endpoint (or --url), protocol, "
+                    "heartbeat and limits; each message is printed after its venue's name "
+                    "and each status line names it (`defi-ws venues` lists the venues).")
+    tail.add_argument("target", nargs="+", metavar="URL | VENUE:TOPIC[,TOPIC...]",
+                      help="a ws:// or wss:// URL, or one or more venue specs "
+                           "(binance:btcusdt@trade,ethusdt@trade okx:trades:BTC-USDT; "
+                           "`defi-ws venues` lists the venues): each spec runs its own feed "
+                           "with its venue's adapter (endpoint, protocol, heartbeat, limits) "
+                           "and every message and status line names its venue")
+    tail.add_argument("--url", dest="endpoint", action="append", default=[],
+                      metavar="[VENUE=]URL",
+                      help="with venue specs: connect to URL instead of the adapter's "
+                           "endpoint (e.g. a `defi-ws sim --dialect VENUE`), for every spec "
+                           "or those of VENUE; repeatable")
     tail.add_argument("--subscribe", action="append", default=[], metavar="JSON",
                       help="a raw message sent after each (re)connect; repeatable "
                            "(single connection only: a pool takes --topic)")
@@ -518,7 +374,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="a topic subscribed in the generic protocol "
                            '({"op":"subscribe","args":[T,...]}), acked and re-subscribed on '
                            "every connection; repeatable; required with a pool")
-    tail.add_argument("--ping", default="ws", help="ws | none | text:ping[:pong] | json:{...}")
+    tail.add_argument("--ping", default=None,
+                      help="ws | none | text:ping[:pong] | json:{...} (default: ws for a URL, "
+                           "the adapter's heartbeat for a venue spec)")
     tail.add_argument("--stale-after", type=positive_seconds, default=None, metavar="S",
                       help="reconnect when no data arrives for S seconds")
     tail.add_argument("--format", choices=["auto", "json", "pretty", "raw"], default="auto",
@@ -548,10 +406,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                       help="stop after S seconds (for scripts; default: until Ctrl-C)")
     tail.add_argument("--redundancy", type=int, default=1, metavar="N",
                       help="connections carrying the same topics (hot-hot); N > 1 runs a "
-                           "FeedPool and needs --dedup-id or --dedup-hash (default 1)")
+                           "FeedPool and needs --dedup-id or --dedup-hash with a URL (a venue "
+                           "spec's adapter has its own rule) (default 1)")
     tail.add_argument("--pool", action="store_true",
                       help="run a FeedPool even with --redundancy 1 (rotation by --max-age "
-                           "and on venue notices; needs --dedup-id or --dedup-hash)")
+                           "and on venue notices; needs --dedup-id or --dedup-hash with a "
+                           "URL)")
     tail.add_argument("--dedup-id", metavar="FIELD",
                       help="de-duplicate on this JSON field, a monotonic id per topic (e.g. "
                            "seq): exactly once, in order per topic, holes reported as gaps")
@@ -579,11 +439,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                      help="TCP port on 127.0.0.1 (default 8765; 0 picks a free one)")
     sim.add_argument("--rate", type=float, default=10.0, metavar="N",
                      help="messages/s per subscribed topic (default 10)")
-    sim.add_argument("--dialect", default="generic", choices=["generic", "binance", "okx"],
+    sim.add_argument("--dialect", default="generic", choices=[d.value for d in Dialect],
                      help="venue protocol to speak (default generic)")
     sim.add_argument("--faults", type=positive_seconds, default=None, metavar="S",
                      help="inject a random recoverable fault every S seconds")
     sim.add_argument("--seed", type=int, default=0, help="random seed")
+    venues = sub.add_parser(
+        "venues", help="list the venue adapters: endpoint, heartbeat, limits",
+        description="List every venue adapter (defi_ws.venues.ADAPTERS) with its default "
+                    "endpoint, recommended heartbeat and declared limits: topics per "
+                    "connection and per subscribe message, outbound messages/s and burst, "
+                    "new connections per window, maximum connection age. Each name is the "
+                    "VENUE of `defi-ws tail VENUE:TOPIC`.")
+    venues.add_argument("--json", action="store_true", help="one JSON array, for machines")
     bench = sub.add_parser(
         "bench", help="run the benchmarks (source checkout)",
         description="Run bench/run.py of the source checkout (every benchmark, tables on "
@@ -597,7 +465,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     run.add_argument("config", help="the gateway's TOML file")
     run.add_argument("--check", action="store_true", help="validate the file and exit")
     run.add_argument("--verbose", action="store_true", help="log at INFO")
-    return parser, {"demo": demo, "tail": tail, "sim": sim, "bench": bench, "run": run}
+    return parser, {"demo": demo, "tail": tail, "sim": sim, "venues": venues,
+                    "bench": bench, "run": run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,8 +479,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             forwarded = args.args[1:] if args.args[:1] == ["--"] else args.args
             return run_bench(forwarded)
-        if args.command == "tail":
-            check_tail_args(args)  # usage errors before anything runs
+        if args.command == "venues":
+            from defi_ws.cli_venues import run_venues
+
+            return run_venues(args)
+        if args.command == "tail":  # usage errors before anything runs
+            from defi_ws.cli_venues import check_spec_args, split_targets
+
+            split_targets(args)
+            if args.specs:
+                check_spec_args(args)
+            elif args.endpoint:
+                raise CliError("--url goes with venue specs (VENUE:TOPIC); the URL "
+                               "argument is the endpoint itself")
+            else:
+                check_tail_args(args)
         if args.command == "run":
             from defi_ws.gateway.cli import run_gateway
 
@@ -625,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
             from defi_ws.dashboard import run_demo
 
             return int(runner(run_demo(args)))
+        if args.specs:
+            from defi_ws.cli_venues import run_tail_venues
+
+            return int(runner(run_tail_venues(args)))
         if args.pool or args.redundancy > 1:
+            from defi_ws.cli_pool import run_tail_pool
+
             return int(runner(run_tail_pool(args)))
         from defi_ws.cli_tail import run_tail
 

@@ -31,8 +31,9 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,13 +45,23 @@ from defi_ws.report import format_bytes, format_count, format_ms, format_seconds
 from defi_ws.tls import TlsConfig
 from defi_ws.urls import proxy_url_problem, redact_url
 
+if TYPE_CHECKING:
+    from defi_ws.client import FeedClient
+    from defi_ws.sequence import Gap
+
 __all__ = [
+    "TailFeed",
+    "TailWatch",
     "connection_options",
+    "gap_line",
+    "labelled",
     "parse_header",
     "parse_retries",
     "positive_seconds",
     "reconnect_strategy",
     "run_tail",
+    "status_line",
+    "tail_feeds",
 ]
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
@@ -244,6 +255,47 @@ def summary_line(snap: dict[str, Any], watch: TailWatch, elapsed_s: float,
             f"{heartbeat}")
 
 
+@dataclass(eq=False)
+class TailFeed:
+    """One feed of a tail: its client, the watch that prints its status lines, and what
+    counts the messages it printed.
+
+    Attributes:
+        label: names the feed in status lines (``"okx: live on ..."``); ``""`` for the
+            lone feed of a URL.
+        client: the feed's client (not started yet).
+        watch: its status lines.
+        counter: has ``printed``, the data messages printed so far.
+    """
+
+    label: str
+    client: FeedClient
+    watch: TailWatch
+    counter: Any
+
+    def line(self, text: str) -> str:
+        """``text`` about this feed, with its label."""
+        return f"{self.label}: {text}" if self.label else text
+
+
+def gap_line(gap: Gap) -> str:
+    """The status line of a sequence gap."""
+    return (f"gap on {gap.topic}: {gap.size} message(s) missing "
+            f"({gap.first_missing}..{gap.last_missing})")
+
+
+def status_line(text: str) -> None:
+    """Print one ``[defi-ws]`` status line on stderr."""
+    print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
+
+
+def labelled(label: str, status: Callable[[str], None]) -> Callable[[str], None]:
+    """``status`` with ``label: `` before every line (nothing for an empty label)."""
+    if not label:
+        return status
+    return lambda text: status(f"{label}: {text}")
+
+
 async def run_tail(args: argparse.Namespace) -> int:
     """Tail a feed until Ctrl-C, ``--duration`` or its end; return the exit status."""
     from defi_ws.client import FeedClient
@@ -256,15 +308,11 @@ async def run_tail(args: argparse.Namespace) -> int:
             subscribe.append(orjson.loads(text))
         except orjson.JSONDecodeError as exc:
             raise CliError(f"--subscribe: not valid JSON ({exc}): {text[:60]!r}") from None
-    heartbeat = parse_ping(args.ping)
+    heartbeat = parse_ping(args.ping or "ws")
     out = sys.stdout.buffer
-
-    def status(text: str) -> None:
-        print(f"[defi-ws] {text}", file=sys.stderr, flush=True)
-
-    options = connection_options(args, status)
+    options = connection_options(args, status_line)
     handler = tail_handler(url, args.format, out, topics=bool(args.topic))
-    watch = TailWatch(url, args.retries, status, proxy=args.proxy)
+    watch = TailWatch(url, args.retries, status_line, proxy=args.proxy)
     client: FeedClient
 
     def on_connected() -> None:
@@ -290,58 +338,93 @@ async def run_tail(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     watch.client = client
+    return await tail_feeds(args, [TailFeed("", client, watch, handler)])
+
+
+async def tail_feeds(args: argparse.Namespace, feeds: Sequence[TailFeed]) -> int:
+    """Run ``feeds`` until Ctrl-C, ``--duration`` or the end of all of them; print each
+    one's outcome and summary; return the exit status (1 when one gave up).
+
+    A feed that ends while others go on says so at once; the others keep running.
+    """
+    out = sys.stdout.buffer
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     status_code = 0
-    outcome: str | None = None
+    outcomes: dict[int, str] = {}  # feed index -> its give-up line
+    said_ended: set[int] = set()
+    snaps: list[dict[str, Any]] = [feed.client.snapshot() for feed in feeds]
     stopped = asyncio.ensure_future(stop.wait())
-    ended = asyncio.ensure_future(watch.ended.wait())
+    ended = [asyncio.ensure_future(feed.watch.ended.wait()) for feed in feeds]
     try:
-        async with client:
+        async with contextlib.AsyncExitStack() as stack:
+            for feed in feeds:
+                await stack.enter_async_context(feed.client)
             deadline = None if args.duration is None else loop.time() + args.duration
             next_stats = loop.time() + args.status_interval
-            while not (stopped.done() or ended.done()):
+            while not (stopped.done() or all(task.done() for task in ended)):
                 now = loop.time()
                 if deadline is not None and now >= deadline:
                     break
-                # Wake for Ctrl-C, the end of the feed, --duration, --stats, and once a
+                # Wake for Ctrl-C, the end of a feed, --duration, --stats, and once a
                 # second to hand printed messages on (stdout is buffered).
                 wake = [now + 1.0]
                 if deadline is not None:
                     wake.append(deadline)
                 if args.stats:
                     wake.append(next_stats)
-                await asyncio.wait({stopped, ended}, timeout=max(0.0, min(wake) - now),
+                await asyncio.wait({stopped, *(task for task in ended if not task.done())},
+                                   timeout=max(0.0, min(wake) - now),
                                    return_when=asyncio.FIRST_COMPLETED)
                 out.flush()
                 if args.stats and loop.time() >= next_stats:
                     next_stats = loop.time() + args.status_interval
-                    status(orjson.dumps(client.snapshot()).decode())
-            snap = client.snapshot()
-            fatal = client.fatal
-            if fatal is not None:
-                outcome = watch.gave_up(fatal.disconnect)
-                status_code = 1
-            elif ended.done() and not stopped.done() and watch.last is not None:
-                status(f"the feed ended: {watch.last.describe()}; not reconnecting")
+                    for feed in feeds:
+                        status_line(feed.line(orjson.dumps(feed.client.snapshot()).decode()))
+                if len(feeds) > 1 and not all(task.done() for task in ended):
+                    for index, feed in enumerate(feeds):  # one ended, the others go on
+                        if ended[index].done() and index not in said_ended:
+                            said_ended.add(index)
+                            status_line(feed.line(_ended_line(feed)))
+            for index, feed in enumerate(feeds):
+                snaps[index] = feed.client.snapshot()
+                fatal = feed.client.fatal
+                if fatal is not None:
+                    outcomes[index] = feed.watch.gave_up(fatal.disconnect)
+                    status_code = 1
+                elif (ended[index].done() and not stopped.done() and index not in said_ended
+                      and feed.watch.last is not None):
+                    status_line(feed.line(_ended_line(feed)))
     finally:
-        for task in (stopped, ended):
+        for task in (stopped, *ended):
             task.cancel()
-        await asyncio.gather(stopped, ended, return_exceptions=True)
+        await asyncio.gather(stopped, *ended, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         with contextlib.suppress(OSError):
             out.flush()
-    if watch.went_live or outcome is None:  # a give-up before LIVE says it all
-        status(summary_line(snap, watch, time.monotonic() - started, handler.printed))
-    if args.stats:
-        from defi_ws.report import snapshot_lines
+    elapsed_s = time.monotonic() - started
+    for index, feed in enumerate(feeds):
+        if feed.watch.went_live or index not in outcomes:  # a give-up before LIVE says it all
+            status_line(feed.line(summary_line(snaps[index], feed.watch, elapsed_s,
+                                               feed.counter.printed)))
+        if args.stats:
+            from defi_ws.report import snapshot_lines
 
-        for line in snapshot_lines(snap):
-            status(f"  {line}")
-    if outcome is not None:
-        print(f"defi-ws: error: {outcome}", file=sys.stderr, flush=True)
+            for line in snapshot_lines(snaps[index]):
+                status_line(feed.line(f"  {line}") if feed.label else f"  {line}")
+    for index, outcome in outcomes.items():
+        print(f"defi-ws: error: {feeds[index].line(outcome)}", file=sys.stderr, flush=True)
     return status_code
+
+
+def _ended_line(feed: TailFeed) -> str:
+    """What a feed that ended says (a give-up, or the venue ending it)."""
+    fatal = feed.client.fatal
+    if fatal is not None:
+        return feed.watch.gave_up(fatal.disconnect)
+    last = feed.watch.last
+    return f"the feed ended: {'-' if last is None else last.describe()}; not reconnecting"

@@ -49,6 +49,12 @@ __all__ = ["ConnectionRateLimiter", "FeedPool", "Placement", "shared_rate_limite
 
 log = logging.getLogger("defi_ws.pool")
 
+#: FeedClient keyword arguments the pool sets itself.
+_RESERVED_OPTIONS = frozenset({
+    "topics", "dedup", "track_sequences", "connect_gate", "on_notice", "on_disconnected",
+    "on_subscription_rejected", "on_gap", "name", "clock", "outbound_rate_per_s",
+    "outbound_burst"})
+
 
 class ConnectionRateLimiter:
     """At most ``count`` new connections in any ``window_s`` (sliding window), sans-I/O.
@@ -212,6 +218,13 @@ class FeedPool:
         on_subscription_rejected: called with ``(topic, detail)``.
         client_options: keyword arguments for every :class:`FeedClient` (heartbeat,
             stale clock, reconnect strategy, TLS...).
+        connection_options: called for each new connection with ``(group, replica,
+            generation)`` (the generation numbers connections in the order the pool
+            opened them, see :meth:`connection`); returns more keyword arguments for
+            that connection's :class:`FeedClient`, over ``client_options``: per-connection
+            callbacks (``on_state_change``, ``on_connected``, ``on_gave_up``...).
+            Its ``on_disconnected`` is called with that connection's user-visible
+            disconnects (not a rotation's), before the pool's ``on_disconnected``.
         clock: monotonic seconds.
         seed: seed of the rotation jitter (tests).
         name: a label for logs.
@@ -238,6 +251,7 @@ class FeedPool:
         on_disconnected: Callable[[Disconnect], object] | None = None,
         on_subscription_rejected: Callable[[str, str], object] | None = None,
         client_options: Mapping[str, Any] | None = None,
+        connection_options: Callable[[int, int, int], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
         name: str = "pool",
@@ -252,10 +266,7 @@ class FeedPool:
                             "(handler.dedup or dedup=)")
         if not rotation_overlap_s >= 0 or not gap_poll_s > 0:
             problems.append("rotation_overlap_s must be >= 0 and gap_poll_s > 0")
-        reserved = {"topics", "dedup", "track_sequences", "connect_gate", "on_notice",
-                    "on_disconnected", "on_subscription_rejected", "on_gap", "name",
-                    "clock", "outbound_rate_per_s", "outbound_burst"}
-        clashes = reserved & set(client_options or {})
+        clashes = _RESERVED_OPTIONS & set(client_options or {})
         if clashes:
             problems.append(f"client_options may not set {sorted(clashes)} (the pool does)")
         if problems:
@@ -283,6 +294,7 @@ class FeedPool:
         self._on_disconnected = on_disconnected
         self._on_rejected = on_subscription_rejected
         self._client_options = dict(client_options or {})
+        self._connection_options = connection_options
         self._clock = clock
         self._rng = random.Random(seed)
         first_url = self._urls[0] if self._urls else handler.url(0)
@@ -313,6 +325,14 @@ class FeedPool:
     def clients(self) -> list[FeedClient]:
         """The current connections' clients (group by group)."""
         return [r.client for _, r in sorted(self._replicas.items())]
+
+    def connection(self, generation: int) -> FeedClient | None:
+        """The client of the connection the pool opened ``generation``-th (a current one,
+        or a replacement a rotation is bringing up); None once it is gone."""
+        for rep in (*self._replicas.values(), *self._incoming.values()):
+            if rep.generation == generation:
+                return rep.client
+        return None
 
     def replicas(self) -> list[tuple[str, FeedClient]]:
         """``(label, client)`` of each current connection; the label ``g<group>.r<replica>``
@@ -464,6 +484,16 @@ class FeedPool:
         if self._urls:
             handler = _UrlHandler(self.handler, self._urls[index % len(self._urls)])
         rep: _Replica
+        options = dict(self._client_options)
+        own_disconnected: Callable[[Disconnect], object] | None = None
+        if self._connection_options is not None:
+            extra = dict(self._connection_options(gid, index, generation))
+            own_disconnected = extra.pop("on_disconnected", None)
+            clashes = _RESERVED_OPTIONS & set(extra)
+            if clashes:
+                raise ConfigError([f"connection_options may not set {sorted(clashes)} "
+                                   "(the pool does)"])
+            options.update(extra)
         client = FeedClient(
             handler,
             topics=sorted(self.placement.groups.get(gid, ())),
@@ -474,12 +504,12 @@ class FeedPool:
             outbound_rate_per_s=self.limits.messages_per_s,
             outbound_burst=self.limits.burst,
             on_notice=lambda notice: self._noticed(rep, notice),
-            on_disconnected=lambda d: self._disconnected(rep, d),
+            on_disconnected=lambda d: self._disconnected(rep, d, own_disconnected),
             on_subscription_rejected=self._rejected,
             on_gap=self._client_gap,
             clock=self._clock,
             name=f"{self.name}.g{gid}.r{index}.{generation}",
-            **self._client_options,
+            **options,
         )
         now = self._clock()
         rep = _Replica(gid, index, generation, client, now, self._rotate_at(now))
@@ -515,7 +545,8 @@ class FeedPool:
         rep.rotate_at = self._clock()  # rotate now: make before the venue breaks
         self._wake()
 
-    def _disconnected(self, rep: _Replica, disconnect: Disconnect) -> None:
+    def _disconnected(self, rep: _Replica, disconnect: Disconnect,
+                      own: Callable[[Disconnect], object] | None = None) -> None:
         if rep.retiring:
             return  # a rotation or an unsubscribed group: not the user's concern
         now = self._clock()
@@ -523,6 +554,8 @@ class FeedPool:
         rep.started_at = now
         if (rep.group, rep.index) not in self._rotations:
             rep.rotate_at = self._rotate_at(now)
+        if own is not None:
+            own(disconnect)
         if self._on_disconnected is not None:
             self._on_disconnected(disconnect)
 

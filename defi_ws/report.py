@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "format_bytes",
     "format_count",
+    "format_duration",
     "format_ms",
     "format_seconds",
     "snapshot_lines",
@@ -48,6 +49,19 @@ def format_seconds(value: float | None) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, rest = divmod(int(value), 3600)
     return f"{hours} h {rest // 60:02d} min"
+
+
+def format_duration(value: float | None) -> str:
+    """A configured duration in its largest round unit: ``0.5 s``, ``30 s``, ``5 min``,
+    ``24 h`` (:func:`format_seconds` for one that is not round); ``-`` for None."""
+    if value is None:
+        return "-"
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g} {unit}"
+    if value < 60:
+        return f"{value:g} s"
+    return format_seconds(value)
 
 
 def format_count(value: int | None) -> str:

@@ -148,3 +148,63 @@ def test_pool_usage_errors_are_one_line_and_exit_2(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("defi-ws: error:") and needle in lines[0]
     assert captured.out == ""
+
+
+@pytest.mark.asyncio(loop_factories=["uvloop"])
+async def test_tail_pool_prints_a_status_line_per_connect_attempt_of_each_connection() -> None:
+    async with ExchangeSimulator(rate_per_s=50) as sim:
+        url = sim.url
+        sim.reject_handshakes(429, count=1)  # the first attempt of one connection
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "tail", url, "--topic", "trades.BTC", "--redundancy", "2",
+            "--dedup-id", "seq", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        await sim.wait_for(lambda: sim.subscribers("trades.BTC") == 2, 15)
+        first = sim.connections[0]
+        assert sim.drop(first)  # a forced close of one connection
+        await sim.wait_for(lambda: sim.connections_accepted >= 3
+                           and sim.subscribers("trades.BTC") == 2, 15)
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    status = err.decode()
+    assert proc.returncode == 0, status
+    lines = status.splitlines()
+    for label in ("r0#1", "r1#2"):  # replica#connection: each says what happens to it
+        assert f"[defi-ws] {label}: connecting to {url} (attempt 1 of 6)" in lines, status
+        assert any(re.fullmatch(rf"\[defi-ws\] {label}: live on {re.escape(url)} "
+                                r"\([12]/2 connections live\)", line) for line in lines), status
+    refused = [line for line in lines if "attempt 1 failed: handshake_rejected (HTTP 429)" in line]
+    assert len(refused) == 1, status
+    label = refused[0].split()[1].rstrip(":")
+    after = lines[lines.index(refused[0]) + 1:]
+    assert re.fullmatch(rf"\[defi-ws\] {label}: next attempt in \d\.\d s; 1 failed attempt "
+                        r"in a row, --retries 5", after[0]), after[0]
+    assert f"[defi-ws] {label}: connecting to {url} (attempt 2 of 6)" in after
+    dropped = [line for line in lines if ": disconnected: transport_error" in line]
+    assert len(dropped) == 1 and dropped[0].endswith("(1/2 connections live)"), status
+    label = dropped[0].split()[1].rstrip(":")
+    after = lines[lines.index(dropped[0]) + 1:]
+    assert after[0].startswith(f"[defi-ws] {label}: next attempt in ")
+    assert f"[defi-ws] {label}: reconnecting to {url} (attempt 1 of 6)" in after
+    assert "Traceback" not in status
+
+
+def test_tail_pool_says_how_each_connection_gave_up() -> None:
+    done = run_cli("tail", "ws://127.0.0.1:1/?key=SECRET", "--retries", "1", "--redundancy",
+                   "2", "--topic", "a", "--dedup-id", "seq")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    for label in ("r0#1", "r1#2"):
+        mine = [line for line in lines if line.startswith(f"[defi-ws] {label}: ")]
+        text = [line.split(": ", 1)[1] for line in mine]
+        assert text[0] == "connecting to ws://127.0.0.1:1/?<redacted> (attempt 1 of 2)"
+        assert text[1].startswith("attempt 1 failed: connect_failed: connection refused")
+        assert text[2].startswith("next attempt in ") and text[2].endswith(
+            "1 failed attempt in a row, --retries 1")
+        assert text[3] == "connecting to ws://127.0.0.1:1/?<redacted> (attempt 2 of 2)"
+        assert text[4].startswith("attempt 2 failed: connect_failed")
+        assert text[5].startswith("gave up after 2 failed attempts in a row (--retries 1): "
+                                  "connect_failed")
+        assert len(mine) == 6
+    assert lines[-1].startswith("defi-ws: error: every connection gave up; r")
+    assert "SECRET" not in done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,29 +21,42 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT_S = 60
 
 
-def run_example(name: str, *args: str) -> tuple[str, dict[str, Any]]:
-    """Run ``examples/<name>`` for 2 s; return its stdout and its final snapshot."""
+def run_script(name: str, *args: str) -> str:
+    """Run ``examples/<name>`` for 2 s against its embedded simulator; return its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "DEFI_WS_LIVE"}  # never the venue
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), "--seconds", "2", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
         cwd=EXAMPLES.parent,
+        env=env,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    out = proc.stdout
-    assert "snapshot:\n" in out, out
-    snapshot = json.loads(out.split("snapshot:\n", 1)[1])
+    return proc.stdout
+
+
+def check_snapshot(snapshot: dict[str, Any]) -> None:
+    """A feed that ran well: LIVE, data received, no decode or callback error, no gap."""
     assert snapshot["state"] == "LIVE"
     assert snapshot["messages"] > 0
     assert snapshot["decode_errors"] == snapshot["callback_errors"] == 0
     assert snapshot["gaps"] == 0
+
+
+def run_example(name: str, *args: str) -> tuple[str, dict[str, Any]]:
+    """Run ``examples/<name>`` for 2 s; return its stdout and its final snapshot."""
+    out = run_script(name, *args)
+    assert "snapshot:\n" in out, out
+    snapshot = json.loads(out.split("snapshot:\n", 1)[1])
+    check_snapshot(snapshot)
     return out, snapshot
 
 
 def test_examples_have_docstrings_and_the_common_options() -> None:
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["binance_trades.py", "generic_venue.py", "okx_text_ping.py", "uvloop_app.py"]
+    assert scripts == ["binance_trades.py", "generic_venue.py", "multi_venue_bbo.py",
+                       "okx_book.py", "okx_text_ping.py", "uvloop_app.py"]
     for name in scripts:
         source = (EXAMPLES / name).read_text()
         assert source.startswith('"""'), name
@@ -75,6 +89,46 @@ def test_okx_text_ping() -> None:
     assert snap["topics_desired"] == snap["topics_confirmed"] == 3  # SOL-USDT added live
     assert snap["pongs"] > 0 and snap["rtt"]["count"] > 0  # text pongs, matched in the hot path
     assert snap["unknown_acks"] == 0
+
+
+def test_okx_book_resyncs_after_a_gap_and_counts_checksums() -> None:
+    out, snap = run_example("okx_book.py")
+    assert "topic: books:BTC-USDT" in out
+    assert re.search(r"^  bid [\d.]+ x [\d.]+ \| ask [\d.]+ x [\d.]+ \(spread ", out, re.M), out
+    assert "simulator: the next update skips a seqId" in out
+    assert "book broke: sequence_gap (expected prevSeqId == " in out
+    resyncs = re.search(r"^resyncs: (\d+) \{'sequence_gap': (\d+)\}, snapshots loaded: (\d+)",
+                        out, re.M)
+    assert resyncs, out
+    total, gaps, snapshots = map(int, resyncs.groups())
+    assert total == gaps >= 1 and snapshots == total + 1  # each resync got a new snapshot
+    assert out.count("simulator: the next update skips a seqId") == gaps
+    counters = json.loads(out.split("book counters: ", 1)[1].split("\n", 1)[0])
+    # The simulator sends checksum 0, as OKX does since 2026-06: skipped, never "verified".
+    assert counters["checksums_verified"] == 0 and counters["checksums_skipped"] > 0
+    assert counters["applied"] > 0
+    assert snap["topics_confirmed"] == 1 and snap["reconnects"] == 0
+
+
+def test_multi_venue_bbo_shows_every_venue_side_by_side() -> None:
+    from defi_ws.venues import ADAPTERS
+
+    out = run_script("multi_venue_bbo.py")
+    assert "snapshots:\n" in out, out
+    snapshots = json.loads(out.split("snapshots:\n", 1)[1])
+    assert list(snapshots) == ["binance", "okx"]
+    assert set(snapshots) <= set(ADAPTERS)  # through the registry's adapters
+    for snap in snapshots.values():
+        check_snapshot(snap)
+        assert snap["topics_confirmed"] == 1
+    table = out.split("snapshots:\n", 1)[0]
+    rows = re.findall(r"^  (binance|okx) +([\d.]+) x [\d.]+ +([\d.]+) x [\d.]+ +([\d.]+) +(\d+)$",
+                      table, re.M)
+    assert {row[0] for row in rows} == {"binance", "okx"}, table
+    for _, bid, ask, spread, updates in rows:
+        assert float(bid) < float(ask) and float(spread) > 0 and int(updates) > 0
+    assert re.search(r"^  best bid [\d.]+ on (binance|okx), best ask [\d.]+ on (binance|okx)$",
+                     table, re.M)
 
 
 def test_uvloop_app() -> None:

@@ -453,6 +453,8 @@ class BinanceSpot(_Binance):
     """
 
     venue = "binance"
+    #: The endpoint used when no ``url`` is given (combined streams).
+    default_url: str = SPOT_URL + "/stream"
     limits: VenueLimits = SPOT_LIMITS
 
     def __init__(
@@ -500,6 +502,10 @@ class BinanceUsdm(_Binance):
     """
 
     venue = "binance-usdm"
+    #: The endpoint used when no ``url`` is given, for the default ``MARKET`` endpoint
+    #: (``/public/stream`` for depth, book ticker and trade streams: ``adapter_for``
+    #: picks it from the topics).
+    default_url: str = USDM_URL + "/market/stream"
     limits: VenueLimits = USDM_LIMITS
 
     def __init__(

@@ -195,6 +195,8 @@ class Okx:
     """
 
     venue = "okx"
+    #: The endpoint used when no ``url`` is given (public channels).
+    default_url: str = BASE_URL + "/public"
     control_prefixes: tuple[bytes, ...] | None = (b'{"event"', b'{"id"')
     #: OKX's keep-alive: text ``ping`` under the 30 s idle cut.
     heartbeat: HeartbeatStrategy = TextPing("ping", "pong", interval_s=20.0, timeout_s=5.0)
