@@ -26,6 +26,7 @@ from defi_ws.handler import (
     ExchangeHandler,
     JsonHandler,
     Notice,
+    VenueHeartbeat,
     VenueLimits,
 )
 from defi_ws.health import ErrorRateRule, Health, HealthRule, RttHistogram, RttRule
@@ -98,6 +99,7 @@ __all__ = [
     "TokenBucket",
     "TopicState",
     "Transport",
+    "VenueHeartbeat",
     "VenueLimits",
     "WsPing",
     "__version__",

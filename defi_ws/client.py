@@ -47,7 +47,14 @@ from defi_ws.errors import (
     FeedClosedError,
     NotConnectedError,
 )
-from defi_ws.handler import ConflateSpec, ExchangeHandler, JsonHandler, Notice, VenueLimits
+from defi_ws.handler import (
+    ConflateSpec,
+    ExchangeHandler,
+    JsonHandler,
+    Notice,
+    VenueHeartbeat,
+    VenueLimits,
+)
 from defi_ws.health import Health, HealthRule, StaleClock
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.lifecycle import GaveUp, Lifecycle, Live, State, Wait
@@ -1177,6 +1184,8 @@ class FeedClient:
             session.data_routed(listener.last_recv_ns if listener is not None else now_ns())
             deliver(message)
             return
+        if all(isinstance(result, VenueHeartbeat) for result in results):
+            return  # not data: counted in control_messages, not on the stale clock
         session.control(results, self._clock())
         self._wake()
 

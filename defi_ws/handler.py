@@ -39,6 +39,7 @@ __all__ = [
     "ExchangeHandler",
     "JsonHandler",
     "Notice",
+    "VenueHeartbeat",
     "VenueLimits",
     "chunked",
 ]
@@ -85,10 +86,27 @@ class Notice:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class VenueHeartbeat:
+    """A venue's own keep-alive or housekeeping message: not data.
+
+    Kraken's ``{"channel": "heartbeat"}`` and Coinbase's ``heartbeats`` channel are such
+    messages. Returned by ``classify``, it keeps the message away from ``on_data`` and
+    from the data stale clock (``stale_after_s``: a feed whose venue still sends
+    heartbeats but no data for the topics is STALE, not healthy). It is counted in
+    ``control_messages``.
+
+    Attributes:
+        detail: what it was, for logs.
+    """
+
+    detail: str = ""
+
+
 T = TypeVar("T")
 
 #: What ``classify`` reports about one message.
-Control = Ack | AuthReply | Notice
+Control = Ack | AuthReply | Notice | VenueHeartbeat
 
 
 @dataclass(frozen=True, slots=True)

@@ -469,7 +469,8 @@ class Session:
             self._authenticated(now)
 
     def control(self, results: Sequence[Control], now: float) -> None:
-        """The handler classified a control message into ``results`` (acks, auth replies)."""
+        """The handler classified a control message into ``results`` (acks, auth replies;
+        notices and venue heartbeats need nothing here)."""
         if self.phase is Phase.ENDED:
             return
         self._now = max(self._now, now)

@@ -393,3 +393,39 @@ async def test_topics_the_venue_invents_do_not_grow_per_topic_state() -> None:
         session = client._session
         assert session is not None
         assert set(session.topic_counts) == {"a"}
+
+
+def test_venue_heartbeats_are_not_data_and_do_not_keep_a_feed_fresh() -> None:
+    # Kraken's {"channel":"heartbeat"} and Coinbase's heartbeats channel: a venue that
+    # still sends them while no data arrives is STALE, and on_data never sees them.
+    from defi_ws.handler import VenueHeartbeat
+    from defi_ws.heartbeat import NoPing
+
+    class HeartbeatVenue(JsonHandler):
+        control_prefixes = (b'{"event"', b'{"channel":"heartbeat"')
+
+        def classify(self, message: Any) -> Any:
+            if isinstance(message, dict) and message.get("channel") == "heartbeat":
+                return (VenueHeartbeat("heartbeat channel"),)
+            return super().classify(message)
+
+    async def main() -> None:
+        venue = MemoryVenue()
+        got: list[Any] = []
+        lost: list[Disconnect] = []
+        handler = HeartbeatVenue("ws://venue", on_data=got.append)
+        client = client_for(venue, handler, topics=["a"], stale_after_s=5.0,
+                            heartbeat=NoPing(), on_disconnected=lost.append)
+        async with client:
+            await client.wait_live(5)
+            venue.transport.current.server_send({"topic": "a", "seq": 1})
+            for _ in range(20):  # 10 s of heartbeats, one every 0.5 s, and no data
+                await asyncio.sleep(0.5)
+                if lost:
+                    break
+                venue.transport.current.server_send({"channel": "heartbeat"})
+        assert got == [{"topic": "a", "seq": 1}]
+        assert lost and lost[0].reason is DisconnectReason.STALE
+        assert client.health.counter("control_messages") >= 1
+
+    run_virtual(main())
