@@ -43,17 +43,15 @@ import os
 import random
 import socket
 import statistics
-import struct
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import header, median_range, ncpus, pin, plot_bars, run_loop, table
-from throughput import WS_GUID, server_frame, trade_frames
+from throughput import WS_GUID, serve, server_frame
 
 PER_KEY = 4096  # messages per key in one buffer
 
@@ -87,6 +85,9 @@ def book_ticker_payloads(keys: int, per_key: int = PER_KEY) -> list[bytes]:
     return out
 
 
+BLAST_PATH = "booktickers"  # the blast server's only path (also served at /)
+
+
 def make_buffer(keys: int) -> bytes:
     return b"".join(server_frame(0x1, p) for p in book_ticker_payloads(keys))
 
@@ -94,65 +95,6 @@ def make_buffer(keys: int) -> bytes:
 def epoch_frame(k: int) -> bytes:
     return server_frame(0x1, b'{"epoch":%d}' % k)
 
-
-
-def blast_serve(port_conn: Any, cpu: int | None, make_buffer: Callable[[], bytes] | None = None,
-          prefix: Callable[[int], bytes] | None = None) -> None:
-    """A blast server process (bench/throughput.py's, with a buffer builder and
-    prefixes): upgrade, then write the buffer until the peer leaves.
-
-    ``make_buffer`` builds the frames written in a loop (default: ~15 MB of trades);
-    ``prefix(k)``, if given, is written before the k-th copy of the buffer.
-    """
-    pin(cpu)
-    buf = make_buffer() if make_buffer is not None else trade_frames() * 16  # ~15 MB
-
-    async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Client frames are masked; only PING (answered) and CLOSE (ends) matter.
-        while True:
-            b0, b1 = await reader.readexactly(2)
-            n = b1 & 0x7F
-            if n == 126:
-                n = struct.unpack("!H", await reader.readexactly(2))[0]
-            elif n == 127:
-                n = struct.unpack("!Q", await reader.readexactly(8))[0]
-            mask = await reader.readexactly(4) if b1 & 0x80 else b"\0\0\0\0"
-            data = bytes(c ^ mask[i & 3] for i, c in enumerate(await reader.readexactly(n)))
-            if b0 & 0x0F == 0x9:
-                writer.write(server_frame(0xA, data))  # between two whole buffers
-            elif b0 & 0x0F == 0x8:
-                return
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        lines = request.split(b"\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in lines
-                   if line.lower().startswith(b"sec-websocket-key"))
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        pings = asyncio.ensure_future(answer_pings(reader, writer))
-        written = 0
-        try:
-            while not pings.done():
-                if prefix is not None:
-                    writer.write(prefix(written))
-                writer.write(buf)
-                written += 1
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            pings.cancel()
-            writer.close()
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port_conn.send(server.sockets[0].getsockname()[1])
-        async with server:
-            await server.serve_forever()
-
-    run_loop("uvloop", main)
 
 
 def paced_serve(port_conn: Any, cpu: int | None, keys: int, per_key: int,
@@ -326,8 +268,8 @@ def run_mode(mode: str, args: argparse.Namespace, server_cpu: int | None,
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     if mode == "blast":
-        server = ctx.Process(target=blast_serve, args=(send, server_cpu),
-                             kwargs={"make_buffer": lambda: make_buffer(args.keys),
+        server = ctx.Process(target=serve, args=(send, server_cpu, [BLAST_PATH]),
+                             kwargs={"buffers": lambda: {BLAST_PATH: make_buffer(args.keys)},
                                      "prefix": epoch_frame}, daemon=True)
     else:
         server = ctx.Process(target=paced_serve, args=(

@@ -158,13 +158,24 @@ def shape_frames(shape: str, count: int = FRAMES_PER_BUFFER) -> bytes:
 # ------------------------------------------------------------------------ server
 
 
-def serve(port_conn: Any, cpu: int | None, shapes: list[str]) -> None:
-    """The blast server process: upgrade, then write the path's shape until the peer leaves."""
+def serve(port_conn: Any, cpu: int | None, shapes: list[str],
+          buffers: Callable[[], dict[str, bytes]] | None = None,
+          prefix: Callable[[int], bytes] | None = None) -> None:
+    """The blast server process: upgrade, then write the path's buffer until the peer leaves.
+
+    The buffer of path ``/<shape>`` (``/`` is the first shape) is that shape's frames,
+    repeated to ~``WRITE_BYTES``; ``buffers()``, if given, builds them instead (path name
+    -> frames, in the server process). ``prefix(k)``, if given, is written before the
+    k-th copy of the buffer on each connection.
+    """
     pin(cpu)
-    bufs = {}
-    for shape in shapes:
-        frames = shape_frames(shape)
-        bufs[shape] = frames * max(1, WRITE_BYTES // len(frames))
+    if buffers is not None:
+        bufs = buffers()
+    else:
+        bufs = {}
+        for shape in shapes:
+            frames = shape_frames(shape)
+            bufs[shape] = frames * max(1, WRITE_BYTES // len(frames))
 
     async def answer_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Client frames are masked; only PING (answered) and CLOSE (ends) matter.
@@ -192,9 +203,13 @@ def serve(port_conn: Any, cpu: int | None, shapes: list[str]) -> None:
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
         pings = asyncio.ensure_future(answer_pings(reader, writer))
+        written = 0
         try:
             while not pings.done():
+                if prefix is not None:
+                    writer.write(prefix(written))
                 writer.write(buf)
+                written += 1
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
