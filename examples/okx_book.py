@@ -13,19 +13,19 @@ What the book checks (see ``defi_ws/books/okx.py``):
 * **Sequence**: each update's ``prevSeqId`` must be the ``seqId`` of the message
   before; anything else is a ``sequence_gap``: the book is cleared at once (never
   silently wrong) and asks to RESUBSCRIBE, which streams a fresh snapshot.
-* **Checksum**: the CRC32 of the top 25 levels after each message. OKX has sent
-  ``checksum: 0`` since 2026-06 (deprecated), and so does the simulator: such a
-  checksum is counted as *skipped*, never as verified; a non-zero one that does not
-  match the book is a ``checksum_mismatch`` break.
+* **Checksum**: the CRC32 of the top 25 levels after each message; one that does not
+  match the book is a ``checksum_mismatch`` break. The simulator sends the real one.
+  OKX has sent ``checksum: 0`` since 2026-06 (deprecated): such a checksum is counted
+  as *skipped*, never as verified, and the book checks that it is not crossed instead.
 * With ``snapshot_source=SnapshotSource.REST`` (OKX's announced replacement of the
   streamed snapshot) the book asks for FETCH_SNAPSHOT instead, and
   ``defi_ws.books.SnapshotSync`` runs your REST fetcher when it does.
 
-Against the embedded simulator a sequence gap is injected every ``--gap-every``
-seconds, so the resyncs show (its book is a random walk that never removes a level:
-it crosses, so the crossed-book check is off there). Against OKX, resyncs are rare;
-each one costs two of the 480 subscribe requests OKX allows per hour and connection
-(the adapter paces them: 20 at once, then one every 8 s).
+Against the embedded simulator (whose book follows its price: levels added, changed
+and removed, never crossed) a fault is injected every ``--fault-every`` seconds, a
+sequence gap and a wrong checksum in turn, so the resyncs show. Against OKX, resyncs
+are rare; each one costs two of the 480 subscribe requests OKX allows per hour and
+connection (the adapter paces them: 20 at once, then one every 8 s).
 
 Run::
 
@@ -46,7 +46,7 @@ import os
 from typing import Any
 
 from defi_ws import ExponentialBackoff, FeedClient
-from defi_ws.books import OkxBook, Outcome, ResyncAction
+from defi_ws.books import OkxBook, Outcome, ResyncAction, ResyncReason
 from defi_ws.testing import ExchangeSimulator
 from defi_ws.testing.dialects import OkxDialect
 from defi_ws.venues import Okx
@@ -87,17 +87,16 @@ class BookKeeper:
         self.client.subscribe(self.topic)
 
 
-async def run(url: str | None, live: bool, inst: str, seconds: float, gap_every_s: float
+async def run(url: str | None, live: bool, inst: str, seconds: float, fault_every_s: float
               ) -> int:
     topic = f"books:{inst}"
     async with contextlib.AsyncExitStack() as stack:
         sim: ExchangeSimulator | None = None
+        dialect = OkxDialect(channels=("books",))  # real checksums (checksums=False: 0)
         if url is None and not live:
-            sim = ExchangeSimulator(dialect=OkxDialect(channels=("books",)), rate_per_s=50)
+            sim = ExchangeSimulator(dialect=dialect, rate_per_s=50)
             url = (await stack.enter_async_context(sim)).url
-        # The simulator's book is a random walk whose levels are never removed, so it
-        # crosses within moments; OKX's does not, and a crossed book there is a break.
-        book = OkxBook(inst, reject_crossed=sim is None)
+        book = OkxBook(inst)  # checksums verified, a crossed book is a break
         keeper = BookKeeper(book, topic)
         handler = Okx(url=url, on_data=keeper.on_data)  # url None: OKX's public endpoint
         print(f"venue: {handler.url(0)}  topic: {topic}")
@@ -112,14 +111,20 @@ async def run(url: str | None, live: bool, inst: str, seconds: float, gap_every_
             await client.wait_live(timeout_s=15.0)
             loop = asyncio.get_running_loop()
             end = loop.time() + seconds
-            next_gap = loop.time() + gap_every_s
+            next_fault = loop.time() + fault_every_s
+            gap = True
             while loop.time() < end:
                 await asyncio.sleep(min(0.5, max(0.0, end - loop.time())))
                 print(f"  {top_of_book(book)}")
-                if sim is not None and next_gap <= loop.time() < end - 0.5:
-                    next_gap = loop.time() + gap_every_s
-                    sim.sequence_gap(topic)  # the next update skips a seqId
-                    print("  simulator: the next update skips a seqId")
+                if sim is not None and next_fault <= loop.time() < end - 0.5:
+                    next_fault = loop.time() + fault_every_s
+                    if gap:
+                        sim.sequence_gap(topic)  # the next update skips a seqId
+                        print("  simulator: the next update skips a seqId")
+                    else:
+                        dialect.checksum_fault(topic)  # the levels stay right
+                        print("  simulator: the next update carries a wrong checksum")
+                    gap = not gap
             for _ in range(20):  # a resync under way: let its snapshot land
                 if book.is_live:
                     break
@@ -129,7 +134,8 @@ async def run(url: str | None, live: bool, inst: str, seconds: float, gap_every_
             print(f"resyncs: {counters.resyncs_total} "
                   f"{ {r.value: n for r, n in counters.resyncs.items()} }, "
                   f"snapshots loaded: {counters.snapshots}, updates applied: {counters.applied}")
-            print(f"checksums: {counters.checksums_verified} verified, "
+            mismatches = counters.resyncs.get(ResyncReason.CHECKSUM_MISMATCH, 0)
+            print(f"checksums: {counters.checksums_verified} verified, {mismatches} wrong, "
                   f"{counters.checksums_skipped} skipped (0: not sent)")
             print("book counters:", json.dumps(counters.as_dict()))
             print("snapshot:")
@@ -145,11 +151,12 @@ def main() -> int:
                         help="connect to OKX itself (also DEFI_WS_LIVE=1)")
     parser.add_argument("--inst", default="BTC-USDT", help="instrument (default BTC-USDT)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long to run")
-    parser.add_argument("--gap-every", type=float, default=1.0, metavar="S",
-                        help="simulator only: inject a sequence gap every S seconds")
+    parser.add_argument("--fault-every", type=float, default=1.0, metavar="S",
+                        help="simulator only: inject a fault every S seconds (a sequence "
+                        "gap, then a wrong checksum, in turn)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="log: %(name)s %(message)s")
-    return asyncio.run(run(args.url, args.live, args.inst, args.seconds, args.gap_every))
+    return asyncio.run(run(args.url, args.live, args.inst, args.seconds, args.fault_every))
 
 
 if __name__ == "__main__":

@@ -91,21 +91,25 @@ def test_okx_text_ping() -> None:
     assert snap["unknown_acks"] == 0
 
 
-def test_okx_book_resyncs_after_a_gap_and_counts_checksums() -> None:
-    out, snap = run_example("okx_book.py")
+def test_okx_book_verifies_checksums_and_resyncs_once_per_fault() -> None:
+    out, snap = run_example("okx_book.py", "--fault-every", "0.5")  # both kinds in 2 s
     assert "topic: books:BTC-USDT" in out
     assert re.search(r"^  bid [\d.]+ x [\d.]+ \| ask [\d.]+ x [\d.]+ \(spread ", out, re.M), out
-    assert "simulator: the next update skips a seqId" in out
+    assert "book broke: crossed_book" not in out  # the book's default check is on
+    gaps = out.count("simulator: the next update skips a seqId")
+    bad = out.count("simulator: the next update carries a wrong checksum")
+    assert gaps >= 1 and bad >= 1
     assert "book broke: sequence_gap (expected prevSeqId == " in out
-    resyncs = re.search(r"^resyncs: (\d+) \{'sequence_gap': (\d+)\}, snapshots loaded: (\d+)",
-                        out, re.M)
+    assert "book broke: checksum_mismatch (checksum " in out
+    resyncs = re.search(r"^resyncs: (\d+) .*, snapshots loaded: (\d+)", out, re.M)
     assert resyncs, out
-    total, gaps, snapshots = map(int, resyncs.groups())
-    assert total == gaps >= 1 and snapshots == total + 1  # each resync got a new snapshot
-    assert out.count("simulator: the next update skips a seqId") == gaps
+    total, snapshots = map(int, resyncs.groups())
+    assert total == gaps + bad and snapshots == total + 1  # each resync got a new snapshot
     counters = json.loads(out.split("book counters: ", 1)[1].split("\n", 1)[0])
-    # The simulator sends checksum 0, as OKX does since 2026-06: skipped, never "verified".
-    assert counters["checksums_verified"] == 0 and counters["checksums_skipped"] > 0
+    assert counters["resyncs"] == {"sequence_gap": gaps, "checksum_mismatch": bad}
+    # The simulator sends the real CRC32: verified, and only the injected ones are wrong.
+    assert counters["checksums_verified"] > 0 and counters["checksums_skipped"] == 0
+    assert re.search(rf"^checksums: [1-9]\d* verified, {bad} wrong, 0 skipped", out, re.M)
     assert counters["applied"] > 0
     assert snap["topics_confirmed"] == 1 and snap["reconnects"] == 0
 

@@ -14,7 +14,9 @@ default) that speaks the protocol :class:`~defi_ws.handler.JsonHandler` expects:
 Streams carry one sequence number per topic, global to the simulator: a client that
 reconnects sees its topic's sequence continue, with gaps only where a test injects
 them (:meth:`ExchangeSimulator.sequence_gap`). Messages are only generated for topics
-somebody is subscribed to.
+somebody is subscribed to. Each message moves a random-walk price; topics follow one
+price each unless their dialect groups them (:meth:`VenueDialect.price_key`: OKX's
+channels of one instrument share its price).
 
 Other venues' protocols are *dialects*, one module each in
 :mod:`defi_ws.testing.dialects` (the ``dialect`` argument: a :class:`Dialect` value or
@@ -991,6 +993,14 @@ class ExchangeSimulator:
                 if count:
                     self._emit(topic, count)
 
+    def _current_price(self, topic: str) -> float:
+        """The price ``topic`` follows now (drawn, between 100 and 1000, if it has none)."""
+        key = self.dialect_impl.price_key(topic)
+        price = self._prices.get(key)
+        if price is None:
+            price = self._prices[key] = 100.0 + self._rng.random() * 900.0
+        return price
+
     def _per_connection(self) -> bool:
         return self.sequence_scope is SequenceScope.CONNECTION
 
@@ -998,7 +1008,7 @@ class ExchangeSimulator:
         subs = list(self._subscribers.get(topic, ()))
         rng = self._rng
         dialect = self.dialect_impl
-        price = self._prices.get(topic) or 100.0 + rng.random() * 900.0
+        price = self._current_price(topic)
         seq = self.last_seq.get(topic, 0)
         ts = int(time.time() * 1000)
         per_connection = self._per_connection()
@@ -1021,7 +1031,7 @@ class ExchangeSimulator:
                     continue
                 own = conn.last_seq[topic] = conn.last_seq.get(topic, 0) + 1 + skip
                 self._deliver(conn, topic, dialect.payload(topic, own, event))
-        self._prices[topic] = price
+        self._prices[dialect.price_key(topic)] = price
         self.last_seq[topic] = seq
         self._notify()
 

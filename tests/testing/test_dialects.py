@@ -14,6 +14,7 @@ import orjson
 import picows
 import pytest
 
+from defi_ws.books import okx_checksum
 from defi_ws.testing import ExchangeSimulator, SequenceScope
 from defi_ws.testing.dialects import (
     BinanceDialect,
@@ -213,6 +214,77 @@ async def test_okx_channels_books_snapshot_then_chained_updates() -> None:
         assert [b["action"] for b in books] == ["update", "update"]
         assert [(b["data"][0]["prevSeqId"], b["data"][0]["seqId"]) for b in books] == [
             (0, 1), (1, 2)]
+        await client.close()
+
+
+async def test_okx_book_channels_follow_the_trades_price_uncrossed_with_checksums() -> None:
+    async with okx_sim() as sim:
+        client = await connect(sim, "ws/v5/public")
+        args = [{"channel": c, "instId": "BTC-USDT"}
+                for c in ("trades", "bbo-tbt", "books5", "books")]
+        client.send({"op": "subscribe", "args": args})
+        await client.wait(lambda: len(client.messages()) == 5)
+        for _ in range(20):
+            for channel in ("trades", "bbo-tbt", "books5", "books"):
+                sim.burst(f"{channel}:BTC-USDT", 1)
+        await client.wait(lambda: len(client.messages()) == 85)
+        await client.close()
+    trade_px = 0.0
+    pushes = [m for m in client.messages() if "data" in m]
+    books = [m for m in pushes if m["arg"]["channel"] == "books"]
+    assert books[0]["action"] == "snapshot" and len(books[0]["data"][0]["bids"]) == 40
+    for message in pushes:
+        channel, data = message["arg"]["channel"], message["data"][0]
+        if channel == "trades":
+            trade_px = float(data["px"])
+            continue
+        bids = [float(level[0]) for level in data["bids"]]
+        asks = [float(level[0]) for level in data["asks"]]
+        if channel == "books":
+            assert data["checksum"] != 0  # the real CRC32 (its value: tests/testing/test_book)
+            if message["action"] == "snapshot":
+                assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
+                assert bids[0] < asks[0]
+            continue
+        assert len(bids) == len(asks) == (1 if channel == "bbo-tbt" else 5)
+        assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
+        assert bids[0] < asks[0]
+        # the instrument's price, one random walk for its channels: within 0.5 %
+        assert abs((bids[0] + asks[0]) / 2 - trade_px) < trade_px * 0.005, message
+
+
+async def test_okx_checksum_fault_and_checksums_off() -> None:
+    dialect = OkxDialect(channels=["books"])
+    async with ExchangeSimulator(dialect=dialect, sequence_scope=SequenceScope.CONNECTION,
+                                 rate_per_s=0) as sim:
+        clients = [await connect(sim) for _ in range(2)]
+        for client in clients:
+            client.send({"op": "subscribe", "args": [{"channel": "books",
+                                                      "instId": "BTC-USDT"}]})
+            await client.wait(lambda c=client: len(c.messages()) == 2)  # type: ignore[misc]
+        with pytest.raises(ValueError, match="books topic"):
+            dialect.checksum_fault("books5:BTC-USDT")
+        dialect.checksum_fault("books:BTC-USDT")
+        sim.burst("books:BTC-USDT", 2)
+        for client in clients:
+            await client.wait(lambda c=client: len(c.messages()) == 4)  # type: ignore[misc]
+        bad, good = ([c.messages()[n]["data"][0] for c in clients] for n in (2, 3))
+        right = okx_checksum(*dialect.book_levels("books:BTC-USDT"))
+        assert good[0]["checksum"] == good[1]["checksum"] == right
+        # one event, one fault, on every connection; the levels themselves are right
+        assert bad[0]["checksum"] == bad[1]["checksum"] not in (0, right)
+        assert (bad[0]["bids"], bad[0]["asks"]) == (bad[1]["bids"], bad[1]["asks"])
+        assert sim.faults["checksum"] == 1
+        for client in clients:
+            await client.close()
+    async with ExchangeSimulator(dialect=OkxDialect(channels=["books"], checksums=False),
+                                 rate_per_s=0) as sim:
+        client = await connect(sim)
+        client.send({"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT"}]})
+        await client.wait(lambda: len(client.messages()) == 2)
+        sim.burst("books:BTC-USDT", 1)
+        await client.wait(lambda: len(client.messages()) == 3)
+        assert [m["data"][0]["checksum"] for m in client.messages()[1:]] == [0, 0]
         await client.close()
 
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from defi_ws import FeedClient, FeedPool, VenueLimits
+from defi_ws.books import OkxBook, ResyncAction, ResyncReason
 from defi_ws.errors import FatalDisconnect
 from defi_ws.handler import Ack, AuthReply, Notice
 from defi_ws.heartbeat import NoPing, TextPing
@@ -343,6 +344,71 @@ async def test_the_pool_never_hits_the_venues_limits() -> None:
             await until(lambda: len(pushes.ids["trades:D2-USDT"]) > 5)
         assert sim.limit_hits == 0, sim.stats()
     pushes.assert_exactly_once_in_order()
+
+
+class Keeper:
+    """An ``OkxBook`` fed every push; resubscribes (on the loop's next turn) when asked."""
+
+    def __init__(self, inst_id: str) -> None:
+        self.book = OkxBook(inst_id)  # reject_crossed and checksums on: the defaults
+        self.topic = f"books:{inst_id}"
+        self.client: FeedClient | None = None
+
+    def on_data(self, message: Any) -> None:
+        if self.book.apply(message).action is ResyncAction.RESUBSCRIBE:
+            asyncio.get_running_loop().call_soon(self.resubscribe)
+
+    def resubscribe(self) -> None:
+        assert self.client is not None
+        self.client.unsubscribe(self.topic)
+        self.client.subscribe(self.topic)
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["checksums", "checksum-0"])
+async def test_an_okx_book_stays_in_sync_with_the_simulators_and_resyncs_once_per_fault(
+        checksums: bool) -> None:
+    """Thousands of updates with levels added, changed and removed; a bad checksum and a
+    gap each cost one resync. Without checksums (0, as OKX sends since 2026-06) every
+    message passes the crossed-book check instead."""
+    dialect = OkxDialect(channels=["books"], checksums=checksums)
+    keeper = Keeper("BTC-USDT")
+    book, topic = keeper.book, keeper.topic
+    async with ExchangeSimulator(dialect=dialect, rate_per_s=0) as sim:
+        handler = Okx(url=sim.url + "ws/v5/public", on_data=keeper.on_data)
+        client = keeper.client = FeedClient(handler, topics=[topic], heartbeat=PING, **FAST)
+
+        async def caught_up() -> None:
+            await until(lambda: book.is_live and book.last_update_id == sim.last_seq[topic])
+            bids, asks = dialect.book_levels(topic)  # the venue's own top 25
+            assert [(level.raw_price, level.raw_size) for level in book.bids(25)] == bids
+            assert [(level.raw_price, level.raw_size) for level in book.asks(25)] == asks
+
+        async with client:
+            await client.wait_live(20)
+            await until(lambda: book.is_live)
+            for _ in range(30):
+                sim.burst(topic, 100)
+                await caught_up()
+            counters = book.counters
+            assert counters.resyncs_total == 0 and counters.applied == 3000
+            if checksums:
+                assert counters.checksums_verified == 3001  # the snapshot's too
+            else:
+                assert counters.checksums_verified == 0 and counters.checksums_skipped == 3001
+            dialect.checksum_fault(topic)
+            sim.burst(topic, 50)
+            await caught_up()
+            sim.sequence_gap(topic)
+            sim.burst(topic, 50)
+            await caught_up()
+            snap = client.snapshot()
+    # The fault's checksum is never 0, so it is verified (and wrong) either way.
+    assert counters.checksums_verified > 3000 if checksums else counters.checksums_verified == 1
+    assert dict(counters.resyncs) == {ResyncReason.CHECKSUM_MISMATCH: 1,
+                                      ResyncReason.SEQUENCE_GAP: 1}
+    assert counters.snapshots == 3  # each resync got a new snapshot
+    assert snap["reconnects"] == 0 and snap["topics_confirmed"] == 1
+    assert sim.faults["checksum"] == 1 and sim.faults["sequence_gap"] == 1
 
 
 def test_a_client_takes_the_handlers_heartbeat_and_outbound_rate() -> None:

@@ -180,6 +180,11 @@ class VenueDialect:
         """The shutdown notice for ``conn``, as a JSON-serialisable object."""
         raise NotImplementedError
 
+    def price_key(self, topic: str) -> str:
+        """The key of the price ``topic`` follows: topics with one key share one price
+        (default: each topic its own)."""
+        return topic
+
     def payload(self, topic: str, seq: int, event: Event) -> bytes:
         """One stream message of ``topic`` numbered ``seq``, serialised."""
         raise NotImplementedError

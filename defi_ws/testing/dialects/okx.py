@@ -33,10 +33,22 @@ unconfirmed); the inbound-rate limit of the core sends ``60014`` before its 1008
 
 Channels (``channels``; default ``("trades",)``, what this dialect always spoke):
 ``trades`` (``tradeId`` and ``seqId`` are the sequence number), ``bbo-tbt`` and
-``books5`` (snapshots, ``seqId``), ``books`` (a ``snapshot`` with ``prevSeqId: -1``
-right after each subscribe ack, then ``update`` pushes chained by
-``prevSeqId``/``seqId``; ``checksum`` is always 0, as OKX sends it since 2026-06-23),
-and the private ``orders``.
+``books5`` (the best 1 or 5 levels of each side, ``seqId``), ``books`` (a ``snapshot``
+with ``prevSeqId: -1`` right after each subscribe ack, then ``update`` pushes chained
+by ``prevSeqId``/``seqId``), and the private ``orders``. The channels of one
+instrument follow one price (:meth:`OkxDialect.price_key`), so trades and books agree.
+
+Books: each book topic (``books:BTC-USDT``, ``bbo-tbt:BTC-USDT``...) holds a
+:class:`~defi_ws.testing.book.SimulatedBook` of 40 levels a side around that price,
+never crossed. A ``books`` snapshot is the whole of it; each update lists exactly the
+levels that changed, with absolute sizes, ``"0"`` for a level removed, so a client
+that applies them holds the simulator's book (:meth:`OkxDialect.book_levels`). Each
+``books`` message carries OKX's documented ``checksum``, the signed CRC32 of the top
+25 levels (:func:`defi_ws.books.checksum.okx_checksum`) after it; with
+``checksums=False`` it is always 0, as OKX sends it since 2026-06-23.
+:meth:`OkxDialect.checksum_fault` makes the next updates carry a wrong one (the book
+stays right: a client must resync). ``sequence_gap`` skips a ``seqId``: the update's
+``prevSeqId`` is then one never sent.
 
 Idle cut: with ``idle_timeout_s`` (OKX: 30 s), a connection to which nothing was sent
 (data, replies or pongs) and which made no subscribe for that long is closed with
@@ -48,6 +60,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import random
 import re
 import time
 from collections import deque
@@ -57,6 +70,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from defi_ws.books.checksum import OKX_CHECKSUM_LEVELS, okx_checksum
+from defi_ws.testing.book import BookChange, SimulatedBook
 from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
 
 if TYPE_CHECKING:
@@ -75,6 +90,8 @@ __all__ = [
 
 #: Every channel the dialect can serve.
 ALL_CHANNELS: tuple[str, ...] = ("trades", "bbo-tbt", "books5", "books", "orders")
+#: The book channels and the levels a side each push shows (None: the changes).
+_BOOK_DEPTHS: dict[str, int | None] = {"bbo-tbt": 1, "books5": 5, "books": None}
 PRIVATE_CHANNELS = frozenset({"orders"})
 NOTICE_MSG = "The connection will soon be closed for a service upgrade. Please reconnect."
 #: The close of an idle connection (a choice).
@@ -138,6 +155,30 @@ class OkxCredentials:
 
 
 @dataclass(eq=False)
+class _TopicBook:
+    """One book topic's book and the push of its last event (one event, one change,
+    however many connections it is serialised for)."""
+
+    model: SimulatedBook
+    event: int = -1
+    bids: list[list[str]] = field(default_factory=list)
+    asks: list[list[str]] = field(default_factory=list)
+    checksum: int = 0
+
+
+def _okx_levels(levels: BookChange) -> list[list[str]]:
+    """``[px, sz, "0", orders]`` lists (OKX's third field is deprecated, always "0")."""
+    text = SimulatedBook.price_text
+    return [[text(tick), size, "0", "0" if size == "0" else str(1 + tick % 4)]
+            for tick, size in levels]
+
+
+def _wrong(checksum: int) -> int:
+    """A checksum that is not ``checksum`` and not 0 (0 is not verified)."""
+    return (checksum ^ 1) or 3
+
+
+@dataclass(eq=False)
 class _State:
     endpoint: str = "public"
     last_activity: float = 0.0
@@ -153,8 +194,11 @@ class OkxDialect(VenueDialect):
         idle_timeout_s: close connections idle this long (None: never).
         request_budget: ``(count, window_s)``: most subscribe, unsubscribe and login
             requests per connection in any window (None: no limit).
+        checksums: send the CRC32 ``checksum`` of ``books`` messages (default); False
+            sends 0, as OKX does since 2026-06-23.
 
     Attributes:
+        checksums: as given.
         logins_ok: successful logins (also counted in the simulator's ``logins_ok``).
         idle_cuts: connections closed for being idle.
         budget_violations: requests refused for ``request_budget`` (a limit hit).
@@ -169,6 +213,7 @@ class OkxDialect(VenueDialect):
         credentials: OkxCredentials | None = None,
         idle_timeout_s: float | None = None,
         request_budget: tuple[int, float] | None = None,
+        checksums: bool = True,
     ) -> None:
         super().__init__()
         self.channels = frozenset(channels)
@@ -183,8 +228,11 @@ class OkxDialect(VenueDialect):
         self.credentials = credentials
         self.idle_timeout_s = idle_timeout_s
         self.request_budget = request_budget
+        self.checksums = checksums
         self.idle_cuts = 0
         self.budget_violations = 0
+        self._books: dict[str, _TopicBook] = {}
+        self._bad_checksums: dict[str, int] = {}
 
     @property
     def limit_hits(self) -> int:
@@ -368,19 +416,82 @@ class OkxDialect(VenueDialect):
         return {"event": "notice", "code": "64008", "msg": NOTICE_MSG,
                 "connId": conn_id(conn.id)}
 
-    @staticmethod
-    def _levels(price: float, sign: int, count: int, size: str) -> list[list[str]]:
-        return [[f"{price * (1 + sign * 0.0001 * (i + 1)):.2f}", size, "0", str(i + 1)]
-                for i in range(count)]
+    def price_key(self, topic: str) -> str:
+        """Channels of one instrument share its price (``"BTC-USDT"``)."""
+        return _arg_of(topic).get("instId", topic)
+
+    # ------------------------------------------------------------ books
+
+    def checksum_fault(self, topic: str, count: int = 1) -> None:
+        """Make the next ``count`` updates of a ``books`` topic carry a wrong checksum.
+
+        The levels stay right, so a client that verifies checksums breaks at the first
+        and resyncs (the rest reach it while it waits for its snapshot, or after); one
+        that does not sees nothing. The wrong checksum is never 0
+        (0 is not verified), also with ``checksums=False``. Counted in the simulator's
+        ``faults["checksum"]``.
+
+        Raises:
+            ValueError: ``topic`` is not a ``books`` topic (no other channel has one).
+        """
+        if _arg_of(topic)["channel"] != "books" or count < 1:
+            raise ValueError(f"a checksum fault needs a books topic and count >= 1, "
+                             f"got {topic!r}, {count}")
+        self._bad_checksums[topic] = self._bad_checksums.get(topic, 0) + count
+        self.sim.faults["checksum"] += 1
+
+    def book_levels(self, topic: str, n: int | None = OKX_CHECKSUM_LEVELS
+                    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The simulator's book of ``topic`` as its clients should hold it.
+
+        Args:
+            topic: a book topic (``"books:BTC-USDT"``).
+            n: levels per side (default: the 25 the checksum covers; None: all).
+
+        Returns:
+            ``(bids, asks)``, best first, as ``(price, size)`` texts; empty before the
+            topic's first snapshot or push.
+        """
+        book = self._books.get(topic)
+        if book is None:
+            return [], []
+        text = SimulatedBook.price_text
+        return ([(text(tick), size) for tick, size in book.model.bids(n)],
+                [(text(tick), size) for tick, size in book.model.asks(n)])
+
+    def _book(self, topic: str, price: float) -> _TopicBook:
+        book = self._books.get(topic)
+        if book is None:  # its own random stream: other topics' streams stay as they were
+            model = SimulatedBook(price, random.Random(f"{topic}:{price!r}"))
+            book = self._books[topic] = _TopicBook(model)
+        return book
+
+    def _advance(self, topic: str, event: Event) -> _TopicBook:
+        """Move ``topic``'s book by ``event`` (once, however often it is serialised)."""
+        book = self._book(topic, event.price)
+        if book.event == event.number:
+            return book
+        bids, asks = book.model.move(event.price, ask=event.flip, size=event.qty)
+        book.event = event.number
+        book.bids, book.asks = _okx_levels(bids), _okx_levels(asks)
+        if _arg_of(topic)["channel"] == "books":
+            pending = self._bad_checksums.pop(topic, 0)
+            if pending > 1:
+                self._bad_checksums[topic] = pending - 1
+            book.checksum = (_wrong(okx_checksum(*self.book_levels(topic))) if pending
+                             else self._checksum(topic))
+        return book
+
+    def _checksum(self, topic: str) -> int:
+        return okx_checksum(*self.book_levels(topic)) if self.checksums else 0
 
     def _snapshot(self, conn: SimConnection, topic: str) -> None:
         sim = self.sim
         seq = (conn.last_seq.get(topic, 0) if sim._per_connection()
                else sim.last_seq.get(topic, 0))
-        price = sim._prices.get(topic) or 100.0
-        book = {"asks": self._levels(price, 1, 5, "1.0"),
-                "bids": self._levels(price, -1, 5, "1.0"),
-                "ts": str(int(time.time() * 1000)), "checksum": 0,
+        model = self._book(topic, sim._current_price(topic)).model
+        book = {"asks": _okx_levels(model.asks()), "bids": _okx_levels(model.bids()),
+                "ts": str(int(time.time() * 1000)), "checksum": self._checksum(topic),
                 "prevSeqId": -1, "seqId": seq}
         sim._reply(conn, {"arg": _arg_of(topic), "action": "snapshot", "data": [book]})
 
@@ -395,21 +506,19 @@ class OkxDialect(VenueDialect):
                      "side": "buy" if event.flip else "sell", "ts": ts, "count": "1",
                      "source": "0", "seqId": seq}
             return orjson.dumps({"arg": arg, "data": [trade]})
-        if channel in ("bbo-tbt", "books5"):
-            depth = 1 if channel == "bbo-tbt" else 5
-            book: dict[str, Any] = {
-                "asks": self._levels(event.price, 1, depth, event.qty),
-                "bids": self._levels(event.price, -1, depth, event.qty)}
+        if channel in _BOOK_DEPTHS:
+            book = self._advance(topic, event)
+            depth = _BOOK_DEPTHS[channel]
+            if depth is None:  # books: the changes
+                update = {"asks": book.asks, "bids": book.bids, "ts": ts,
+                          "checksum": book.checksum, "prevSeqId": seq - 1, "seqId": seq}
+                return orjson.dumps({"arg": arg, "action": "update", "data": [update]})
+            top: dict[str, Any] = {"asks": _okx_levels(book.model.asks(depth)),
+                                   "bids": _okx_levels(book.model.bids(depth))}
             if channel == "books5":
-                book["instId"] = arg["instId"]
-            book.update({"ts": ts, "seqId": seq})
-            return orjson.dumps({"arg": arg, "data": [book]})
-        if channel == "books":
-            side = "asks" if event.flip else "bids"
-            update = {"asks": [], "bids": [], "ts": ts, "checksum": 0,
-                      "prevSeqId": seq - 1, "seqId": seq}
-            update[side] = self._levels(event.price, 1 if event.flip else -1, 1, event.qty)
-            return orjson.dumps({"arg": arg, "action": "update", "data": [update]})
+                top["instId"] = arg["instId"]
+            top.update({"ts": ts, "seqId": seq})
+            return orjson.dumps({"arg": arg, "data": [top]})
         # a private "orders" push
         order = {"instType": "SPOT", "instId": "BTC-USDT", "ordId": str(seq),
                  "px": event.px, "sz": event.qty, "side": "buy" if event.flip else "sell",
