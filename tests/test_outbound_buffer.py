@@ -523,6 +523,8 @@ async def test_reused_region_never_corrupts_data_the_transport_queued(
 # --------------------------------------------------------------------------- allocations
 
 
+#: Allocations over a whole run of sends that are not per send (see the test).
+ONE_OFF = 16
 SENDS = 100_000
 PAYLOAD = (b'{"op":"order","args":[{"instId":"BTC-USDT","side":"buy","px":"60123.4",'
            b'"sz":"0.01","id":123456789}]}')
@@ -569,8 +571,10 @@ async def test_allocations_per_send_over_100k_sends() -> None:
                 count = _count_allocations(fn, calls)
                 copies = out.copied_writes + spare.copied_writes - copies
                 # A write the kernel did not take is one bytes copy (uvloop may add its
-                # own bookkeeping: a few blocks).
-                assert count <= calls * per_call + 4 * copies, (name, count, copies)
+                # own bookkeeping: a few blocks). ONE_OFF: allocations that are not per
+                # send (Python 3.10 made 2-4 over 100,000 sends, e.g. a free list
+                # refilled); one per send would be 100,000.
+                assert count <= calls * per_call + 4 * copies + ONE_OFF, (name, count, copies)
             # Net: nothing retained over 100,000 sends (blocks and traced bytes).
             await wait_drained(transport)
             blocks = sys.getallocatedblocks()
