@@ -20,10 +20,15 @@ name                      class                                  module
 ``binance``               :class:`~.binance.BinanceSpot`          :mod:`.binance`
 ``binance-usdm``          :class:`~.binance.BinanceUsdm`          :mod:`.binance`
 ``okx``                   :class:`~.okx.Okx`                      :mod:`.okx`
+``bybit``                 :class:`~.bybit.Bybit` (spot)           :mod:`.bybit`
+``bybit-linear``          :class:`~.bybit.BybitLinear`            :mod:`.bybit`
+``bybit-inverse``         :class:`~.bybit.BybitInverse`           :mod:`.bybit`
+``bybit-option``          :class:`~.bybit.BybitOption`            :mod:`.bybit`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types` and :mod:`.okx_types` (the ``msgspec`` extra).
+in :mod:`.binance_types`, :mod:`.okx_types` and :mod:`.bybit_types` (the ``msgspec``
+extra).
 """
 
 from __future__ import annotations
@@ -31,22 +36,40 @@ from __future__ import annotations
 from typing import Any
 
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
+from defi_ws.venues.bybit import Bybit, BybitInverse, BybitLinear, BybitOption
 from defi_ws.venues.okx import Okx
 
-__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Okx", "adapter_for", "parse_spec"]
+__all__ = [
+    "ADAPTERS",
+    "BinanceSpot",
+    "BinanceUsdm",
+    "Bybit",
+    "BybitInverse",
+    "BybitLinear",
+    "BybitOption",
+    "Okx",
+    "adapter_for",
+    "parse_spec",
+]
 
 #: Adapter classes by venue name (the prefix of a spec).
 ADAPTERS: dict[str, type[Any]] = {
     "binance": BinanceSpot,
     "binance-usdm": BinanceUsdm,
     "okx": Okx,
+    "bybit": Bybit,
+    "bybit-linear": BybitLinear,
+    "bybit-inverse": BybitInverse,
+    "bybit-option": BybitOption,
 }
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
     """Split ``"venue:topic[,topic...]"`` into the venue name and its topics.
 
-    Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``). An OKX
+    Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``), Bybit
+    symbols (the last dotted part) upper-cased (``publicTrade.btcusdt`` ->
+    ``publicTrade.BTCUSDT``). An OKX
     topic may hold commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an
     ``=`` and no ``:`` continues the topic before it.
 
@@ -68,6 +91,9 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             topics.append(piece)
     if venue.startswith("binance"):
         topics = [t.partition("@")[0].lower() + t[len(t.partition("@")[0]):] for t in topics]
+    if venue.startswith("bybit"):
+        topics = [f"{head}.{symbol.upper()}" if dot else symbol
+                  for head, dot, symbol in (t.rpartition(".") for t in topics)]
     if not topics:
         raise ValueError(f"{spec!r}: no topic after '{venue}:'")
     return venue, list(dict.fromkeys(topics))

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from defi_ws.heartbeat import TextPing, WsPing
-from defi_ws.venues import ADAPTERS, BinanceSpot, BinanceUsdm, Okx, adapter_for, parse_spec
+from defi_ws.heartbeat import JsonPing, TextPing, WsPing
+from defi_ws.venues import (
+    ADAPTERS,
+    BinanceSpot,
+    BinanceUsdm,
+    Bybit,
+    BybitInverse,
+    BybitLinear,
+    BybitOption,
+    Okx,
+    adapter_for,
+    parse_spec,
+)
 from defi_ws.venues.binance import UsdmEndpoint
 
 
 def test_registry_names_every_adapter() -> None:
-    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx}
+    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
+                        "bybit": Bybit, "bybit-linear": BybitLinear,
+                        "bybit-inverse": BybitInverse, "bybit-option": BybitOption}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -45,6 +58,16 @@ def test_okx_specs_keep_topics_with_colons_and_commas() -> None:
     assert isinstance(handler.heartbeat, TextPing)
     assert parse_spec("okx:orders:instType=SPOT,instId=BTC-USDT,account,trades:X-Y") == (
         "okx", ["orders:instType=SPOT,instId=BTC-USDT", "account", "trades:X-Y"])
+
+
+def test_bybit_specs_pick_the_product_and_upper_case_symbols() -> None:
+    handler, topics = adapter_for("bybit-linear:publicTrade.btcusdt,orderbook.50.BTCUSDT")
+    assert isinstance(handler, BybitLinear) and topics == [
+        "publicTrade.BTCUSDT", "orderbook.50.BTCUSDT"]
+    assert handler.url(0) == BybitLinear.default_url == "wss://stream.bybit.com/v5/public/linear"
+    assert isinstance(handler.heartbeat, JsonPing)
+    handler, _ = adapter_for("bybit:tickers.BTCUSDT", url="ws://127.0.0.1:9/v5/public/spot")
+    assert type(handler) is Bybit and handler.url(0) == "ws://127.0.0.1:9/v5/public/spot"
 
 
 @pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
