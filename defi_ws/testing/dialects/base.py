@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -140,6 +142,33 @@ class VenueDialect:
             raise ValueError(f"this {type(self).__name__} already serves another simulator; "
                              "give each simulator its own dialect object")
         self._sim = sim
+
+    def watch_idle(self, conn: SimConnection, timeout_s: float,
+                   last_activity: Callable[[], float], close: tuple[int, str],
+                   on_cut: Callable[[], object] = lambda: None) -> None:
+        """Close ``conn`` once it has been idle for ``timeout_s`` (a venue's idle cut).
+
+        Args:
+            conn: the connection, just opened.
+            timeout_s: the idle allowance.
+            last_activity: ``time.monotonic()`` of the connection's last activity as the
+                venue counts it (e.g. the later of its last ping and ``last_sent_at``).
+            close: the close code and reason (also recorded as ``cut_reason``).
+            on_cut: called just before the close (to count it).
+        """
+        def check() -> None:
+            if not conn.open:
+                return
+            idle_s = time.monotonic() - last_activity()
+            if idle_s < timeout_s:
+                conn._later(timeout_s - idle_s, check)
+                return
+            on_cut()
+            conn.cut_reason = close[1]
+            conn.close(*close)
+            self.sim._notify()
+
+        conn._later(timeout_s, check)
 
     @property
     def limit_hits(self) -> int:
