@@ -48,3 +48,27 @@ class IdLog:
             assert ids == sorted(set(ids)), f"{topic}: duplicate or out of order"
             if contiguous:
                 assert ids == list(range(ids[0], ids[-1] + 1)), f"{topic}: a message was lost"
+
+
+async def ping_timeout_then_recover(sim: Any, client: Any, disconnects: list[Any]) -> None:
+    """Withhold ``sim``'s pongs until ``client`` drops the connection, then let it reconnect.
+
+    ``disconnects`` is the list the client's ``on_disconnected`` appends to.
+    """
+    await client.wait_live(20)
+    sim.withhold_pongs()
+    await until(lambda: disconnects != [])
+    sim.withhold_pongs(False)
+    await client.wait_live(20)
+
+
+async def idle_cut_spares_the_pinging(alive: Any, quiet: Any, lost: list[Any]) -> None:
+    """Wait until the venue cuts ``quiet`` (no heartbeat) while ``alive`` stays up.
+
+    ``lost`` is the list ``quiet``'s ``on_disconnected`` appends to.
+    """
+    await alive.wait_live(20)
+    await quiet.wait_live(20)
+    await until(lambda: lost != [])
+    await asyncio.sleep(2.0)
+    assert alive.snapshot()["disconnects"] == {}
