@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,23 @@ class IdLog:
             assert ids == sorted(set(ids)), f"{topic}: duplicate or out of order"
             if contiguous:
                 assert ids == list(range(ids[0], ids[-1] + 1)), f"{topic}: a message was lost"
+
+
+class Pushes(IdLog):
+    """Every push as delivered, and the ids ``ids_of(push)`` reads from it, per topic.
+
+    ``ids_of`` returns ``(topic, id)`` pairs (none for a push without ids).
+    """
+
+    def __init__(self, ids_of: Callable[[Any], Iterable[tuple[str, int]]]) -> None:
+        super().__init__()
+        self.ids_of = ids_of
+        self.pushes: list[Any] = []
+
+    def on_data(self, message: Any) -> None:
+        self.pushes.append(message)
+        for topic, message_id in self.ids_of(message):
+            self.add(topic, message_id)
 
 
 async def ping_timeout_then_recover(sim: Any, client: Any, disconnects: list[Any]) -> None:
