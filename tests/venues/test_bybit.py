@@ -9,7 +9,6 @@ uvloop.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -38,7 +37,14 @@ from defi_ws.venues.bybit import (
     BybitProduct,
     heartbeat_for,
 )
-from venues.support import IdLog, load_fixture, until, wire
+from venues.support import (
+    Pushes,
+    idle_cut_spares_the_pinging,
+    load_fixture,
+    ping_timeout_then_recover,
+    until,
+    wire,
+)
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 CREDS = BybitCredentials("api-key-1", "SECRET-XYZ")
@@ -261,18 +267,12 @@ def bybit_sim(product: str = "spot", **kwargs: Any) -> ExchangeSimulator:
     return ExchangeSimulator(dialect=dialect, **kwargs)
 
 
-class Pushes(IdLog):
-    """Trade ``seq`` per topic and every push, as delivered."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pushes: list[Any] = []
-
-    def on_data(self, message: Any) -> None:
-        self.pushes.append(message)
-        if message.get("topic", "").startswith("publicTrade."):
-            for trade in message["data"]:
-                self.add(message["topic"], trade["seq"])
+def trade_seqs(message: Any) -> list[tuple[str, int]]:
+    """``(topic, seq)`` of each trade of a ``publicTrade`` push."""
+    topic = message.get("topic", "")
+    if not topic.startswith("publicTrade."):
+        return []
+    return [(topic, trade["seq"]) for trade in message["data"]]
 
 
 TOPICS = ["publicTrade.BTCUSDT", "orderbook.1.BTCUSDT", "orderbook.50.ETHUSDT",
@@ -281,7 +281,7 @@ TOPICS = ["publicTrade.BTCUSDT", "orderbook.1.BTCUSDT", "orderbook.50.ETHUSDT",
 
 @pytest.mark.parametrize("product", ["spot", "linear"])
 async def test_client_subscribes_gets_acks_pongs_and_every_channel(product: str) -> None:
-    pushes = Pushes()
+    pushes = Pushes(trade_seqs)
     async with bybit_sim(product, rate_per_s=50) as sim:
         handler = Bybit(product, url=sim.url + f"v5/public/{product}", on_data=pushes.on_data)
         client = FeedClient(handler, topics=TOPICS, heartbeat=ping(BybitProduct(product)),
@@ -304,7 +304,7 @@ async def test_client_subscribes_gets_acks_pongs_and_every_channel(product: str)
 
 async def test_a_refused_topic_is_reported_and_dropped_and_its_neighbours_replayed() -> None:
     """Spot refuses the request whole: the named topic is dropped, the rest is replayed."""
-    pushes = Pushes()
+    pushes = Pushes(trade_seqs)
     rejected: list[tuple[str, str]] = []
     disconnects: list[Disconnect] = []
     async with bybit_sim(rate_per_s=50) as sim:
@@ -348,11 +348,7 @@ async def test_pongs_withheld_are_a_ping_timeout() -> None:
                             heartbeat=ping(BybitProduct.LINEAR),
                             on_disconnected=disconnects.append, **FAST)
         async with client:
-            await client.wait_live(20)
-            sim.withhold_pongs()
-            await until(lambda: disconnects != [])
-            sim.withhold_pongs(False)
-            await client.wait_live(20)
+            await ping_timeout_then_recover(sim, client, disconnects)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 
@@ -364,11 +360,7 @@ async def test_the_json_ping_keeps_a_quiet_connection_past_the_idle_cut() -> Non
                               **FAST) as alive, \
                 FeedClient(silent, topics=["publicTrade.SOLUSDT"], heartbeat=NoPing(),
                            on_disconnected=lost.append, **FAST) as quiet:
-            await alive.wait_live(20)
-            await quiet.wait_live(20)
-            await until(lambda: lost != [])
-            await asyncio.sleep(2.0)
-            assert alive.snapshot()["disconnects"] == {}
+            await idle_cut_spares_the_pinging(alive, quiet, lost)
     assert lost[0].reason is DisconnectReason.PEER_CLOSE
     assert lost[0].close_code == sim_bybit.IDLE_CLOSE[0]
     assert sim.dialect_impl.stats()["idle_cuts"] >= 1
@@ -377,7 +369,7 @@ async def test_the_json_ping_keeps_a_quiet_connection_past_the_idle_cut() -> Non
 async def test_auth_then_private_topic_and_no_secret_in_logs(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="defi_ws")
-    pushes = Pushes()
+    pushes = Pushes(trade_seqs)
     async with bybit_sim(rate_per_s=20) as sim:
         handler = Bybit("private", url=sim.url + "v5/private", credentials=CREDS,
                         on_data=pushes.on_data)
@@ -407,7 +399,7 @@ async def test_a_refused_auth_is_fatal() -> None:
 
 
 async def test_redundant_pool_delivers_each_push_once_through_a_drop() -> None:
-    pushes = Pushes()
+    pushes = Pushes(trade_seqs)
     async with bybit_sim("linear", rate_per_s=200) as sim:
         handler = BybitLinear(url=sim.url + "v5/public/linear", on_data=pushes.on_data)
         async with FeedPool(handler, topics=TOPICS, redundancy=2,
@@ -430,7 +422,7 @@ async def test_redundant_pool_delivers_each_push_once_through_a_drop() -> None:
 
 async def test_the_pool_never_hits_the_venues_limits() -> None:
     """Spot's rules, scaled down: 10 args per request, topics, connection and message rates."""
-    pushes = Pushes()
+    pushes = Pushes(trade_seqs)
     limits = VenueLimits(topics_per_connection=12, messages_per_s=5.0, burst=3,
                          connections_per_window=(2, 1.0), max_connection_age_s=None)
     async with bybit_sim(rate_per_s=10, max_topics_per_connection=12,

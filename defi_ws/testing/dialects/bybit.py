@@ -55,7 +55,6 @@ rate limit).
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import re
@@ -75,9 +74,9 @@ __all__ = [
     "ALL_CHANNELS",
     "IDLE_CLOSE",
     "MAX_ARGS_CHARS",
+    "PRODUCTS",
     "BybitCredentials",
     "BybitDialect",
-    "BybitProduct",
     "auth_sign",
     "conn_id",
 ]
@@ -97,17 +96,11 @@ _SYMBOL = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
 _ACTIVE_TIME = re.compile(r"max_active_time=(\d+)([sm])")
 
 
-class BybitProduct(enum.Enum):
-    """The public product a simulator serves."""
-
-    SPOT = "spot"
-    LINEAR = "linear"
-    INVERSE = "inverse"
-    OPTION = "option"
-    SPREAD = "spread"
+#: The public products a simulator can serve (``/v5/public/<product>``).
+PRODUCTS: tuple[str, ...] = ("spot", "linear", "inverse", "option", "spread")
 
 
-_DEPTHS = {BybitProduct.OPTION: frozenset({25, 100})}
+_DEPTHS = {"option": frozenset({25, 100})}
 _DEFAULT_DEPTHS = frozenset({1, 50, 200, 1000})
 
 
@@ -139,7 +132,6 @@ class BybitCredentials:
 @dataclass(eq=False)
 class _State:
     private: bool = False
-    idle_timeout_s: float | None = None
     last_ping: float = 0.0
 
 
@@ -154,7 +146,7 @@ class BybitDialect(VenueDialect):
     """Bybit v5 (see the module docstring).
 
     Args:
-        product: the public product served.
+        product: the public product served (one of :data:`PRODUCTS`).
         channels: the channels served (from :data:`ALL_CHANNELS`).
         credentials: the key an auth must be signed with (None: every auth fails).
         idle_timeout_s: close connections idle this long (None: never).
@@ -171,14 +163,16 @@ class BybitDialect(VenueDialect):
     def __init__(
         self,
         *,
-        product: BybitProduct | str = BybitProduct.SPOT,
+        product: str = "spot",
         channels: Iterable[str] = ("publicTrade", "orderbook", "tickers"),
         credentials: BybitCredentials | None = None,
         idle_timeout_s: float | None = None,
         enforce_limits: bool = True,
     ) -> None:
         super().__init__()
-        self.product = BybitProduct(product)
+        if product not in PRODUCTS:
+            raise ValueError(f"product must be among {PRODUCTS}, got {product!r}")
+        self.product = product
         self.channels = frozenset(channels)
         unknown = self.channels - set(ALL_CHANNELS)
         if unknown or not self.channels:
@@ -200,7 +194,7 @@ class BybitDialect(VenueDialect):
 
     def stats(self) -> dict[str, Any]:
         """The dialect's counters."""
-        return {"product": self.product.value, "idle_cuts": self.idle_cuts,
+        return {"product": self.product, "idle_cuts": self.idle_cuts,
                 "limit_violations": self.limit_violations, "restarts": self.restarts}
 
     def _state(self, conn: SimConnection) -> _State:
@@ -210,7 +204,7 @@ class BybitDialect(VenueDialect):
 
     @property
     def _named_acks(self) -> bool:
-        return self.product in (BybitProduct.OPTION, BybitProduct.SPREAD)
+        return self.product in ("option", "spread")
 
     # ------------------------------------------------------------ connections
 
@@ -219,7 +213,7 @@ class BybitDialect(VenueDialect):
         route = path.partition("?")[0].rstrip("/")
         if not route.startswith("/v5/"):
             return None
-        if route in ("/v5/private", f"/v5/public/{self.product.value}"):
+        if route in ("/v5/private", f"/v5/public/{self.product}"):
             return None
         return 404
 
@@ -232,23 +226,13 @@ class BybitDialect(VenueDialect):
         if active is not None:
             idle_s = min(600.0, max(30.0, float(active.group(1))
                                     * (60 if active.group(2) == "m" else 1)))
-        conn.dialect_state = _State(private=private, idle_timeout_s=idle_s,
-                                    last_ping=time.monotonic())
+        state = conn.dialect_state = _State(private=private, last_ping=time.monotonic())
         if idle_s is not None:
-            conn._later(idle_s, lambda: self._check_idle(conn))
+            self.watch_idle(conn, idle_s, lambda: max(state.last_ping, conn.last_sent_at),
+                            IDLE_CLOSE, on_cut=self._count_idle_cut)
 
-    def _check_idle(self, conn: SimConnection) -> None:
-        state = self._state(conn)
-        if not conn.open or state.idle_timeout_s is None:
-            return
-        idle_s = time.monotonic() - max(state.last_ping, conn.last_sent_at)
-        if idle_s >= state.idle_timeout_s:
-            self.idle_cuts += 1
-            conn.cut_reason = IDLE_CLOSE[1]
-            conn.close(*IDLE_CLOSE)
-            self.sim._notify()
-            return
-        conn._later(state.idle_timeout_s - idle_s, lambda: self._check_idle(conn))
+    def _count_idle_cut(self) -> None:
+        self.idle_cuts += 1
 
     # ------------------------------------------------------------ requests
 
@@ -288,7 +272,7 @@ class BybitDialect(VenueDialect):
                                     "args": [str(int(time.time() * 1000))], "conn_id": cid}
         elif self._named_acks:
             pong = {"args": [str(int(time.time() * 1000))], "op": "pong"}
-        elif self.product is BybitProduct.SPOT:
+        elif self.product == "spot":
             pong = {"success": True, "ret_msg": "pong", "conn_id": cid, **head, "op": "ping"}
         else:
             pong = {"success": True, "ret_msg": "pong", "conn_id": cid,
@@ -300,7 +284,7 @@ class BybitDialect(VenueDialect):
         cid = conn_id(conn.id)
         if self._state(conn).private or op == "auth":
             return {"success": ok, "ret_msg": ret_msg, **head, "op": op, "conn_id": cid}
-        if self.product is BybitProduct.SPOT:
+        if self.product == "spot":
             return {"success": ok, "ret_msg": ret_msg or op, "conn_id": cid, **head, "op": op}
         return {"success": ok, "ret_msg": ret_msg, "conn_id": cid,
                 "req_id": head.get("req_id", ""), "op": op}
@@ -346,11 +330,11 @@ class BybitDialect(VenueDialect):
         if not self.enforce_limits:
             return None
         why = None
-        if self.product is BybitProduct.SPOT and len(args) > SPOT_MAX_ARGS:
+        if self.product == "spot" and len(args) > SPOT_MAX_ARGS:
             why = f"error:args size >{SPOT_MAX_ARGS},args:{len(args)}"
         elif len(orjson.dumps(args)) > MAX_ARGS_CHARS:
             why = f"error:args length >{MAX_ARGS_CHARS}"
-        elif self.product is BybitProduct.OPTION and not self._state(conn).private and \
+        elif self.product == "option" and not self._state(conn).private and \
                 len(conn.topics | set(args)) > OPTION_MAX_TOPICS:
             why = f"error:more than {OPTION_MAX_TOPICS} topics on this connection"
         if why is not None:
@@ -432,7 +416,7 @@ class BybitDialect(VenueDialect):
             if topic.startswith("orderbook."):
                 self._book_snapshot(conn, topic)
             elif topic.startswith("tickers.") and self.product in (
-                    BybitProduct.LINEAR, BybitProduct.INVERSE):
+                    "linear", "inverse"):
                 seq = self._current(conn, topic)
                 price = self.sim._prices.get(topic) or 100.0
                 self.sim._reply(conn, self._ticker(topic, "snapshot", seq, price,
@@ -500,7 +484,7 @@ class BybitDialect(VenueDialect):
     def _ticker(self, topic: str, kind: str, seq: int, price: float, px: str, qty: str,
                 ts: int) -> dict[str, Any]:
         symbol = topic.partition(".")[2]
-        if self.product is BybitProduct.SPOT:
+        if self.product == "spot":
             return {"topic": topic, "ts": ts, "type": "snapshot", "cs": seq, "data": {
                 "symbol": symbol, "lastPrice": px, "highPrice24h": f"{price * 1.02:.2f}",
                 "lowPrice24h": f"{price * 0.98:.2f}", "prevPrice24h": f"{price:.2f}",
@@ -522,7 +506,7 @@ class BybitDialect(VenueDialect):
             trade: dict[str, Any] = {
                 "T": event.ts, "s": rest, "S": "Buy" if event.flip else "Sell",
                 "v": event.qty, "p": event.px}
-            if self.product is not BybitProduct.SPOT:
+            if self.product != "spot":
                 trade["L"] = "PlusTick" if event.flip else "MinusTick"
             trade.update({"i": trade_hash(topic, event.number), "BT": False, "seq": seq})
             return orjson.dumps({"topic": topic, "type": "snapshot", "ts": event.ts,
@@ -546,7 +530,7 @@ class BybitDialect(VenueDialect):
             return orjson.dumps(self._book_message(topic, "delta", u, seq, delta_b, delta_a,
                                                    event.ts))
         # the private "order" stream
-        order = {"category": self.product.value, "symbol": "BTCUSDT", "orderId": str(seq),
+        order = {"category": self.product, "symbol": "BTCUSDT", "orderId": str(seq),
                  "side": "Buy" if event.flip else "Sell", "price": event.px,
                  "qty": event.qty, "orderStatus": "New", "updatedTime": str(event.ts)}
         return orjson.dumps({"id": f"{seq}", "topic": topic, "creationTime": event.ts,
