@@ -4,7 +4,7 @@ Fixtures (``tests/fixtures/bybit``) are the docs' samples, decoded by orjson and
 typed Structs. End-to-end tests run ``Bybit`` through ``FeedClient`` and ``FeedPool``
 against the simulator's Bybit dialect (per-request and per-topic acks, JSON pings, the
 idle cut, request limits, auth, books with ``u`` gaps and restarts), on asyncio and
-uvloop.
+uvloop; the dialect's wire shapes and limits are checked by raw picows clients.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from typing import Any
 
 import msgspec
 import orjson
+import picows
 import pytest
 
 from defi_ws import FeedClient, FeedPool, VenueLimits
@@ -37,6 +39,7 @@ from defi_ws.venues.bybit import (
     BybitProduct,
     heartbeat_for,
 )
+from tests.testing.test_simulator_limits import Client
 from venues.support import (
     Pushes,
     idle_cut_spares_the_pinging,
@@ -506,3 +509,75 @@ def test_the_dialect_refuses_other_products_paths_and_knows_its_shapes() -> None
     with pytest.raises(ValueError):
         BybitDialect(channels=["kline"])
     assert ExchangeSimulator(dialect="bybit").dialect.value == "bybit"
+
+
+# ------------------------------------------------------------------ the dialect on the wire
+
+
+async def raw(sim: ExchangeSimulator, path: str) -> Client:
+    _, client = await picows.ws_connect(Client, sim.url + path)
+    assert isinstance(client, Client)
+    return client
+
+
+async def test_the_dialect_speaks_each_products_replies_and_limits() -> None:
+    async with bybit_sim() as sim:
+        spot = await raw(sim, "v5/public/spot")
+        spot.send({"req_id": "7", "op": "subscribe", "args": ["publicTrade.BTCUSDT"]})
+        spot.send({"op": "ping"})
+        spot.send({"req_id": "8", "op": "subscribe",
+                   "args": [f"tickers.C{i}USDT" for i in range(11)]})
+        spot.send({"req_id": "9", "op": "subscribe", "args": ["tickers.NOPE-", "tickers.ETHUSDT"]})
+        spot.send("not json")
+        spot.send({"req_id": "10", "op": "unsubscribe", "args": ["publicTrade.BTCUSDT"]})
+        await spot.wait(lambda: len(spot.messages()) == 6)
+        ack, pong, too_many, unknown, malformed, gone = spot.messages()
+        cid = sim_bybit.conn_id(sim.connections[0].id)
+        assert ack == {"success": True, "ret_msg": "subscribe", "conn_id": cid, "req_id": "7",
+                       "op": "subscribe"}
+        assert pong == {"success": True, "ret_msg": "pong", "conn_id": cid, "op": "ping"}
+        assert spot.texts()[1].startswith(heartbeat_for(BybitProduct.SPOT).pong_pattern()[0])
+        assert too_many["success"] is False and "args size" in too_many["ret_msg"]
+        assert unknown == {"success": False, "conn_id": cid, "req_id": "9", "op": "subscribe",
+                           "ret_msg": "error:handler not found,topic:tickers.NOPE-"}
+        assert malformed["success"] is False and gone["op"] == "unsubscribe"
+        assert sim.subscribers("tickers.ETHUSDT") == 0  # refused whole
+        assert sim.limit_hits == 1
+        await spot.close()
+
+
+async def test_the_dialect_refuses_args_over_21000_characters_and_answers_linear_pings() -> None:
+    async with bybit_sim("linear") as sim:
+        client = await raw(sim, "v5/public/linear")
+        client.send({"req_id": "1", "op": "subscribe",
+                     "args": [f"publicTrade.{'X' * 99}{i:04d}" for i in range(200)]})
+        client.send({"req_id": "p", "op": "ping"})
+        await client.wait(lambda: len(client.messages()) == 2)
+        refusal, pong = client.messages()
+        assert refusal["success"] is False and "21000" in refusal["ret_msg"]
+        assert pong["ret_msg"] == "pong" and pong["req_id"] == "p"
+        assert sim.limit_hits == 1
+        await client.close()
+
+
+async def test_the_dialects_private_endpoint_needs_auth() -> None:
+    async with bybit_sim() as sim:
+        client = await raw(sim, "v5/private?max_active_time=1m")
+        good = bybit.auth_message(CREDS, int(time.time() * 1000) + 5000)
+        client.send({"req_id": "1", "op": "subscribe", "args": ["order"]})
+        client.send(bybit.auth_message(BybitCredentials("api-key-1", "WRONG"),
+                                       int(time.time() * 1000) + 5000))
+        client.send(bybit.auth_message(CREDS, int(time.time() * 1000) - 1000))
+        client.send(good)
+        client.send({"req_id": "2", "op": "subscribe", "args": ["order"]})
+        client.send({"req_id": "ping", "op": "ping"})
+        await client.wait(lambda: len(client.messages()) == 6)
+        early, wrong, expired, ok, subscribed, pong = client.messages()
+        assert early["success"] is False and "not authorized" in early["ret_msg"]
+        assert "signature" in wrong["ret_msg"] and "expired" in expired["ret_msg"]
+        assert ok["success"] is True and ok["op"] == "auth"
+        assert subscribed["success"] is True and sim.subscribers("order") == 1
+        assert pong["op"] == "pong" and pong["req_id"] == "ping"
+        assert client.texts()[5].startswith(heartbeat_for(BybitProduct.PRIVATE).pong_pattern()[0])
+        assert (sim.logins_ok, sim.logins_failed) == (1, 2)
+        await client.close()
