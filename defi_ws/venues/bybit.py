@@ -386,20 +386,30 @@ class Bybit:
                 for topic in (named or request.topics)]
 
     def _named_replies(self, message: dict[str, Any]) -> list[Control]:
-        """An option/spread ``COMMAND_RESP``: one ack per topic it names."""
+        """An option/spread ``COMMAND_RESP``: one ack per topic it names.
+
+        The reply carries no ``req_id`` in the docs: it answers the oldest request
+        holding the topics it names (whether it was an unsubscribe comes from there).
+        """
         data = message.get("data")
         if type(data) is not dict:
             return []
+        ok_topics = [str(t) for t in data.get("successTopics") or ()]
+        failed = [str(t) for t in data.get("failTopics") or ()]
+        named = set(ok_topics) | set(failed)
         req_id = message.get("req_id")
-        request = self._requests.pop(req_id, None) if isinstance(req_id, str) else None
+        if not (isinstance(req_id, str) and req_id in self._requests):
+            req_id = next((rid for rid, request in self._requests.items()
+                           if named & set(request.topics)), None)
+        request = self._requests.get(req_id) if req_id is not None else None
         unsub = request.unsubscribe if request is not None else False
-        acks: list[Control] = []
-        for topic in data.get("successTopics") or ():
-            acks.append(Ack(str(topic), unsubscribe=unsub))
-        for topic in data.get("failTopics") or ():
-            acks.append(Ack(str(topic), ok=False, detail=str(message.get("ret_msg", "refused")),
-                            unsubscribe=unsub))
-        return acks
+        if request is not None and req_id is not None:
+            request.topics = [t for t in request.topics if t not in named]
+            if not request.topics:
+                del self._requests[req_id]
+        why = str(message.get("ret_msg") or "refused")
+        return [*(Ack(topic, unsubscribe=unsub) for topic in ok_topics),
+                *(Ack(topic, ok=False, detail=why, unsubscribe=unsub) for topic in failed)]
 
     def topic_of(self, message: Any) -> str | None:
         """The topic of a push (its ``topic`` field)."""

@@ -186,6 +186,10 @@ def test_option_command_responses_ack_per_topic() -> None:
                "type": "COMMAND_RESP"}
     assert handler.classify(refused) == [
         Ack("tickers.NOPE", ok=False, detail="error:handler not found")]
+    handler.unsubscribe_messages(["orderbook.100.BTC-6JAN23-18000-C"])
+    gone = {"success": True, "conn_id": "x", "type": "COMMAND_RESP",
+            "data": {"failTopics": [], "successTopics": ["orderbook.100.BTC-6JAN23-18000-C"]}}
+    assert handler.classify(gone) == [Ack("orderbook.100.BTC-6JAN23-18000-C", unsubscribe=True)]
 
 
 def test_topics_round_trip_and_specs_upper_case_symbols() -> None:
@@ -338,10 +342,13 @@ async def test_option_refuses_per_topic_without_a_reconnect() -> None:
         async with client:
             await client.wait_live(20)
             await until(lambda: client.snapshot()["pongs"] > 2)
-            snap = client.snapshot()
             assert client.confirmed_topics == ("orderbook.25.BTC-6JAN23-18000-C",)
+            client.unsubscribe(["orderbook.25.BTC-6JAN23-18000-C"])
+            await until(lambda: sim.subscribers("orderbook.25.BTC-6JAN23-18000-C") == 0)
+            await until(lambda: not handler._requests)  # every request answered
+            snap = client.snapshot()
     assert rejected == ["tickers.BTC-1JAN30-1-C"]
-    assert snap["disconnects"] == {}
+    assert snap["disconnects"] == {} and snap["unknown_acks"] == 0
 
 
 async def test_pongs_withheld_are_a_ping_timeout() -> None:
