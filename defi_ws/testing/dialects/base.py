@@ -25,14 +25,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "trade_hash"]
+__all__ = ["Dialect", "Event", "VenueDialect", "channel_set", "trade_hash"]
 
 
 class Dialect(enum.Enum):
@@ -101,6 +101,19 @@ class Event:
     ts: int
     flip: bool
     per_connection: bool
+
+
+def channel_set(channels: Iterable[str], known: tuple[str, ...]) -> frozenset[str]:
+    """A dialect's ``channels`` argument as a set, checked against the ``known`` ones.
+
+    Raises:
+        ValueError: a channel is not known, or none is given.
+    """
+    chosen = frozenset(channels)
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        raise ValueError(f"channels must be among {known}, got {sorted(unknown)}")
+    return chosen
 
 
 def trade_hash(topic: str, event: int) -> str:
