@@ -65,7 +65,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, trade_hash
+from defi_ws.testing.dialects.base import (
+    Dialect,
+    Event,
+    VenueDialect,
+    channel_set,
+    trade_hash,
+)
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -173,10 +179,7 @@ class BybitDialect(VenueDialect):
         if product not in PRODUCTS:
             raise ValueError(f"product must be among {PRODUCTS}, got {product!r}")
         self.product = product
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = channel_set(channels, ALL_CHANNELS)
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be > 0 or None")
         self.credentials = credentials
