@@ -20,10 +20,12 @@ name                      class                                  module
 ``binance``               :class:`~.binance.BinanceSpot`          :mod:`.binance`
 ``binance-usdm``          :class:`~.binance.BinanceUsdm`          :mod:`.binance`
 ``okx``                   :class:`~.okx.Okx`                      :mod:`.okx`
+``coinbase``              :class:`~.coinbase.Coinbase`            :mod:`.coinbase`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types` and :mod:`.okx_types` (the ``msgspec`` extra).
+in :mod:`.binance_types`, :mod:`.okx_types` and :mod:`.coinbase_types` (the
+``msgspec`` extra).
 """
 
 from __future__ import annotations
@@ -31,22 +33,26 @@ from __future__ import annotations
 from typing import Any
 
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
+from defi_ws.venues.coinbase import Coinbase
 from defi_ws.venues.okx import Okx
 
-__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Okx", "adapter_for", "parse_spec"]
+__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Coinbase", "Okx", "adapter_for",
+           "parse_spec"]
 
 #: Adapter classes by venue name (the prefix of a spec).
 ADAPTERS: dict[str, type[Any]] = {
     "binance": BinanceSpot,
     "binance-usdm": BinanceUsdm,
     "okx": Okx,
+    "coinbase": Coinbase,
 }
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
     """Split ``"venue:topic[,topic...]"`` into the venue name and its topics.
 
-    Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``). An OKX
+    Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``), Coinbase
+    products upper-cased (``level2:btc-usd`` -> ``level2:BTC-USD``). An OKX
     topic may hold commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an
     ``=`` and no ``:`` continues the topic before it.
 
@@ -68,6 +74,9 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             topics.append(piece)
     if venue.startswith("binance"):
         topics = [t.partition("@")[0].lower() + t[len(t.partition("@")[0]):] for t in topics]
+    elif venue == "coinbase":  # products are upper case: "level2:btc-usd" -> "level2:BTC-USD"
+        topics = [t.partition(":")[0] + t.partition(":")[1] + t.partition(":")[2].upper()
+                  for t in topics]
     if not topics:
         raise ValueError(f"{spec!r}: no topic after '{venue}:'")
     return venue, list(dict.fromkeys(topics))

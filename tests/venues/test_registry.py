@@ -5,12 +5,21 @@ from __future__ import annotations
 import pytest
 
 from defi_ws.heartbeat import TextPing, WsPing
-from defi_ws.venues import ADAPTERS, BinanceSpot, BinanceUsdm, Okx, adapter_for, parse_spec
+from defi_ws.venues import (
+    ADAPTERS,
+    BinanceSpot,
+    BinanceUsdm,
+    Coinbase,
+    Okx,
+    adapter_for,
+    parse_spec,
+)
 from defi_ws.venues.binance import UsdmEndpoint
 
 
 def test_registry_names_every_adapter() -> None:
-    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx}
+    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
+                        "coinbase": Coinbase}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -45,6 +54,14 @@ def test_okx_specs_keep_topics_with_colons_and_commas() -> None:
     assert isinstance(handler.heartbeat, TextPing)
     assert parse_spec("okx:orders:instType=SPOT,instId=BTC-USDT,account,trades:X-Y") == (
         "okx", ["orders:instType=SPOT,instId=BTC-USDT", "account", "trades:X-Y"])
+
+
+def test_coinbase_specs_upper_case_products() -> None:
+    handler, topics = adapter_for("coinbase:level2:btc-usd, market_trades:ETH-USD,heartbeats")
+    assert isinstance(handler, Coinbase)
+    assert topics == ["level2:BTC-USD", "market_trades:ETH-USD", "heartbeats"]
+    assert isinstance(handler.heartbeat, WsPing)
+    assert handler.url(0) == Coinbase.default_url == "wss://advanced-trade-ws.coinbase.com"
 
 
 @pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
