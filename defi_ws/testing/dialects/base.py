@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -156,6 +158,38 @@ class VenueDialect:
             return [f"login (api_key) is only supported by the GENERIC dialect, "
                     f"not {self.kind.name}"]
         return []
+
+    # ------------------------------------------------------------ shared services
+
+    def watch_idle(self, conn: SimConnection, timeout_s: float, *,
+                   since: Callable[[], float], close: tuple[int, str],
+                   on_cut: Callable[[], object]) -> None:
+        """Close ``conn`` once nothing happened on it for ``timeout_s`` (a venue's idle cut).
+
+        Call it from :meth:`opened`; the check re-arms itself until the connection
+        closes.
+
+        Args:
+            conn: the connection.
+            timeout_s: the idle allowance.
+            since: ``time.monotonic()`` of the connection's last activity (what counts
+                is the venue's rule: data sent, requests received...).
+            close: the close code and reason (the reason becomes ``conn.cut_reason``).
+            on_cut: called when the connection is cut (e.g. to count it).
+        """
+        def check() -> None:
+            if not conn.open:
+                return
+            idle_s = time.monotonic() - since()
+            if idle_s < timeout_s:
+                conn._later(timeout_s - idle_s, check)
+                return
+            on_cut()
+            conn.cut_reason = close[1]
+            conn.close(*close)
+            self.sim._notify()
+
+        conn._later(timeout_s, check)
 
     # ------------------------------------------------------------ connections
 

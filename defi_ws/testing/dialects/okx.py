@@ -208,21 +208,13 @@ class OkxDialect(VenueDialect):
         endpoint = path.rsplit("/", 1)[-1] if path.startswith("/ws/v5/") else "public"
         conn.dialect_state = _State(endpoint=endpoint, last_activity=time.monotonic())
         if self.idle_timeout_s is not None:
-            conn._later(self.idle_timeout_s, lambda: self._check_idle(conn))
+            state = conn.dialect_state
+            self.watch_idle(conn, self.idle_timeout_s,
+                            since=lambda: max(state.last_activity, conn.last_sent_at),
+                            close=IDLE_CLOSE, on_cut=self._idle_cut)
 
-    def _check_idle(self, conn: SimConnection) -> None:
-        if not conn.open or self.idle_timeout_s is None:
-            return
-        state = self._state(conn)
-        last = max(state.last_activity, conn.last_sent_at)
-        idle_s = time.monotonic() - last
-        if idle_s >= self.idle_timeout_s:
-            self.idle_cuts += 1
-            conn.cut_reason = IDLE_CLOSE[1]
-            conn.close(*IDLE_CLOSE)
-            self.sim._notify()
-            return
-        conn._later(self.idle_timeout_s - idle_s, lambda: self._check_idle(conn))
+    def _idle_cut(self) -> None:
+        self.idle_cuts += 1
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``60014`` before the core's 1008."""
