@@ -193,7 +193,8 @@ class CoinbaseDialect(VenueDialect):
         if self.subscribe_deadline_s is not None:
             conn._later(self.subscribe_deadline_s, lambda: self._check_deadline(conn))
         if self.idle_timeout_s is not None:
-            conn._later(self.idle_timeout_s, lambda: self._check_idle(conn))
+            self.watch_idle(conn, self.idle_timeout_s, since=lambda: conn.last_sent_at,
+                            close=IDLE_CLOSE, on_cut=self._idle_cut)
 
     def _check_deadline(self, conn: SimConnection) -> None:
         if conn.open and not self._state(conn).subscribed:
@@ -202,17 +203,8 @@ class CoinbaseDialect(VenueDialect):
             conn.close(*DEADLINE_CLOSE)
             self.sim._notify()
 
-    def _check_idle(self, conn: SimConnection) -> None:
-        if not conn.open or self.idle_timeout_s is None:
-            return
-        idle_s = time.monotonic() - conn.last_sent_at
-        if idle_s >= self.idle_timeout_s:
-            self.idle_cuts += 1
-            conn.cut_reason = IDLE_CLOSE[1]
-            conn.close(*IDLE_CLOSE)
-            self.sim._notify()
-            return
-        conn._later(self.idle_timeout_s - idle_s, lambda: self._check_idle(conn))
+    def _idle_cut(self) -> None:
+        self.idle_cuts += 1
 
     def rate_violation(self, conn: SimConnection) -> None:
         """An error before the core's 1008 (a choice)."""
