@@ -48,8 +48,9 @@ products (``"heartbeats"``, ``"status"``): :func:`to_request`, :func:`topic_of`.
 * **Sequences** (``sequence_num``): one counter per *connection*, every message of
   every channel counted (subscriptions replies and heartbeats included). The handler
   checks it across the connection (control messages in :meth:`Coinbase.classify`, data
-  in :meth:`Coinbase.sequence_of`, which the client calls on each data message) and
-  resets on each new connection (:meth:`Coinbase.on_connection`). A jump is a lost
+  in :meth:`Coinbase.sequence_of`, which the client calls on each data message, and
+  which reports what either found) and resets on each new connection
+  (:meth:`Coinbase.on_connection`). A jump is a lost
   message: ``level2`` guarantees delivery, so a gap means the books of that
   connection are broken. It is counted (``gaps``, ``missing``), logged, and passed
   to ``on_gap`` as a :class:`~defi_ws.sequence.Gap` of topic :data:`SEQUENCE_TOPIC`
@@ -137,6 +138,7 @@ _SUBSCRIBED_AS = {"l2_data": "level2"}
 _ITEMS = {"market_trades": "trades", "ticker": "tickers", "ticker_batch": "tickers",
           "candles": "candles"}
 _MAX_REQUESTS = 4096
+_MAX_BREAKS = 64
 
 
 def _events_key(view: memoryview) -> Any:
@@ -313,6 +315,8 @@ class Coinbase:
         self._requests: deque[_Request] = deque()
         self._heartbeats_sent = False
         self._last_seq: int | None = None
+        #: (last, seq) pairs that broke the sequence, waiting for ``sequence_of``.
+        self._breaks: list[tuple[int, int]] = []
         self.gaps = 0
         self.missing = 0
         self.regressions = 0
@@ -331,6 +335,7 @@ class Coinbase:
     def on_connection(self) -> None:
         """A new connection: its ``sequence_num`` starts again; heartbeats to subscribe."""
         self._last_seq = None
+        self._breaks = []
         self._heartbeats_sent = False
 
     def auth_messages(self) -> Sequence[Any]:
@@ -442,27 +447,41 @@ class Coinbase:
         return acks
 
     def _observe(self, seq: int) -> None:
+        """Note ``seq``; a break from the last number waits in ``_breaks`` (see
+        :meth:`sequence_of`)."""
         last = self._last_seq
         if seq == last:  # a control message classified as data: seen already
             return
         self._last_seq = seq
-        if last is None or seq == last + 1:
-            return
-        if seq <= last:
-            self.regressions += 1
-            log.warning("coinbase sequence_num went from %d to %d on one connection",
-                        last, seq)
-            return
-        gap = Gap(SEQUENCE_TOPIC, last + 1, seq - 1)
-        self.gaps += 1
-        self.missing += gap.size
-        log.warning("coinbase sequence_num gap: %d message(s) missing (%d..%d)",
-                    gap.size, gap.first_missing, gap.last_missing)
-        if self._on_gap is not None:
-            self._on_gap(gap)
+        if last is not None and seq != last + 1:
+            breaks = self._breaks
+            breaks.append((last, seq))
+            if len(breaks) > _MAX_BREAKS:
+                del breaks[0]
+
+    def _report(self) -> None:
+        breaks, self._breaks = self._breaks, []
+        for last, seq in breaks:
+            if seq <= last:
+                self.regressions += 1
+                log.warning("coinbase sequence_num went from %d to %d on one connection",
+                            last, seq)
+                continue
+            gap = Gap(SEQUENCE_TOPIC, last + 1, seq - 1)
+            self.gaps += 1
+            self.missing += gap.size
+            log.warning("coinbase sequence_num gap: %d message(s) missing (%d..%d)",
+                        gap.size, gap.first_missing, gap.last_missing)
+            if self._on_gap is not None:
+                self._on_gap(gap)
 
     def sequence_of(self, message: Any) -> tuple[str, int] | None:
         """Check a data message's ``sequence_num`` against the connection's last one.
+
+        Breaks found by :meth:`classify` in control messages are reported here too
+        (with the next data message): only a client checking sequences calls this, so
+        a pool, whose connections share the handler, never reports their interleaved
+        numbers as gaps.
 
         Returns:
             None: the check is the handler's (gaps go to ``on_gap``), not the
@@ -471,6 +490,8 @@ class Coinbase:
         seq = _field(message, "sequence_num")
         if isinstance(seq, int):
             self._observe(seq)
+        if self._breaks:
+            self._report()
         return None
 
     def topic_of(self, message: Any) -> str | None:
