@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, served_channels
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -129,10 +129,7 @@ class CoinbaseDialect(VenueDialect):
         accept_jwt: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = served_channels(channels, ALL_CHANNELS)
         for name, value in (("heartbeat_interval_s", heartbeat_interval_s),
                             ("subscribe_deadline_s", subscribe_deadline_s),
                             ("idle_timeout_s", idle_timeout_s)):
