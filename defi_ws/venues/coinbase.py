@@ -84,7 +84,12 @@ products (``"heartbeats"``, ``"status"``): :func:`to_request`, :func:`topic_of`.
   over a rate limit (on Exchange: ``ErrSlowRead`` and a disconnect); whether WebSocket
   PINGs count against the message rate (one per 20 s either way); the byte order of
   the JSON keys (the doc samples put ``channel``, or ``type`` for errors, first,
-  which :attr:`Coinbase.control_prefixes` relies on); compression (none negotiated).
+  which :attr:`Coinbase.control_prefixes` relies on); compression (none negotiated);
+  whether one ``subscriptions`` reply answers each request and whether an error
+  refuses a whole request or one product (one reply each; an error rejects every
+  topic of the oldest request waiting, and malformed products are never sent, so a
+  typo can't take good products down with it); a client with no topic at all is cut
+  after 5 s by the venue and reconnects (subscribe something, e.g. ``"heartbeats"``).
 """
 
 from __future__ import annotations
