@@ -319,7 +319,8 @@ async def test_client_acks_refusals_and_every_channel() -> None:
 
 
 async def test_heartbeats_keep_a_quiet_connection_past_the_idle_cut() -> None:
-    async with cb_sim(rate_per_s=0, idle_timeout_s=1.0) as sim:
+    # 20 heartbeats per idle window: only a 2 s stall of the loop could cut the beating one
+    async with cb_sim(rate_per_s=0, idle_timeout_s=2.0) as sim:
         beating, silent = Coinbase(url=sim.url), Coinbase(url=sim.url, heartbeats=False)
         lost: list[Disconnect] = []
         async with FeedClient(beating, topics=["market_trades:BTC-USD"], **FAST) as alive, \
@@ -328,7 +329,7 @@ async def test_heartbeats_keep_a_quiet_connection_past_the_idle_cut() -> None:
             await alive.wait_live(20)
             await quiet.wait_live(20)
             await until(lambda: lost != [])
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(2.5)  # more than an idle window since the quiet one's cut
             assert alive.snapshot()["disconnects"] == {}
         assert dialect(sim).idle_cuts >= 1 and dialect(sim).heartbeats_sent > 10
     assert lost[0].reason is DisconnectReason.PEER_CLOSE
