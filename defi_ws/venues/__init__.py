@@ -24,11 +24,12 @@ name                      class                                  module
 ``bybit-linear``          :class:`~.bybit.BybitLinear`            :mod:`.bybit`
 ``bybit-inverse``         :class:`~.bybit.BybitInverse`           :mod:`.bybit`
 ``bybit-option``          :class:`~.bybit.BybitOption`            :mod:`.bybit`
+``coinbase``              :class:`~.coinbase.Coinbase`            :mod:`.coinbase`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types`, :mod:`.okx_types` and :mod:`.bybit_types` (the ``msgspec``
-extra).
+in :mod:`.binance_types`, :mod:`.okx_types`, :mod:`.bybit_types` and
+:mod:`.coinbase_types` (the ``msgspec`` extra).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
 from defi_ws.venues.bybit import Bybit, BybitInverse, BybitLinear, BybitOption
+from defi_ws.venues.coinbase import Coinbase
 from defi_ws.venues.okx import Okx
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "BybitInverse",
     "BybitLinear",
     "BybitOption",
+    "Coinbase",
     "Okx",
     "adapter_for",
     "parse_spec",
@@ -61,6 +64,7 @@ ADAPTERS: dict[str, type[Any]] = {
     "bybit-linear": BybitLinear,
     "bybit-inverse": BybitInverse,
     "bybit-option": BybitOption,
+    "coinbase": Coinbase,
 }
 
 
@@ -69,7 +73,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
     Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``), Bybit
     symbols (the last dotted part) upper-cased (``publicTrade.btcusdt`` ->
-    ``publicTrade.BTCUSDT``). An OKX
+    ``publicTrade.BTCUSDT``), Coinbase products upper-cased (``level2:btc-usd`` ->
+    ``level2:BTC-USD``). An OKX
     topic may hold commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an
     ``=`` and no ``:`` continues the topic before it.
 
@@ -91,9 +96,12 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             topics.append(piece)
     if venue.startswith("binance"):
         topics = [t.partition("@")[0].lower() + t[len(t.partition("@")[0]):] for t in topics]
-    if venue.startswith("bybit"):
+    elif venue.startswith("bybit"):
         topics = [f"{head}.{symbol.upper()}" if dot else symbol
                   for head, dot, symbol in (t.rpartition(".") for t in topics)]
+    elif venue == "coinbase":
+        topics = [t.partition(":")[0] + t.partition(":")[1] + t.partition(":")[2].upper()
+                  for t in topics]
     if not topics:
         raise ValueError(f"{spec!r}: no topic after '{venue}:'")
     return venue, list(dict.fromkeys(topics))

@@ -24,7 +24,7 @@ from defi_ws import FeedClient, FeedPool, VenueLimits
 from defi_ws.books import BybitBook, ResyncAction, ResyncReason
 from defi_ws.errors import FatalDisconnect
 from defi_ws.handler import Ack, AuthReply
-from defi_ws.heartbeat import JsonPing, NoPing
+from defi_ws.heartbeat import JsonPing
 from defi_ws.reasons import Disconnect, DisconnectReason
 from defi_ws.reconnect import FixedDelay
 from defi_ws.testing import ExchangeSimulator
@@ -42,9 +42,9 @@ from defi_ws.venues.bybit import (
 from tests.testing.test_simulator_limits import Client
 from venues.support import (
     Pushes,
-    idle_cut_spares_the_pinging,
+    idle_cut_of_the_silent_client,
     load_fixture,
-    ping_timeout_then_recover,
+    ping_timeout_then_recovery,
     until,
     wire,
 )
@@ -352,28 +352,20 @@ async def test_option_refuses_per_topic_without_a_reconnect() -> None:
 
 
 async def test_pongs_withheld_are_a_ping_timeout() -> None:
-    disconnects: list[Disconnect] = []
     async with bybit_sim("linear", rate_per_s=20) as sim:
         handler = BybitLinear(url=sim.url + "v5/public/linear")
-        client = FeedClient(handler, topics=["publicTrade.BTCUSDT"],
-                            heartbeat=ping(BybitProduct.LINEAR),
-                            on_disconnected=disconnects.append, **FAST)
-        async with client:
-            await ping_timeout_then_recover(sim, client, disconnects)
+        disconnects = await ping_timeout_then_recovery(
+            sim, handler, "publicTrade.BTCUSDT", ping(BybitProduct.LINEAR), **FAST)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 
 async def test_the_json_ping_keeps_a_quiet_connection_past_the_idle_cut() -> None:
     async with bybit_sim(rate_per_s=0, idle_timeout_s=1.5) as sim:
         pinging, silent = (Bybit(url=sim.url + "v5/public/spot") for _ in range(2))
-        lost: list[Disconnect] = []
-        async with FeedClient(pinging, topics=["publicTrade.BTCUSDT"], heartbeat=ping(),
-                              **FAST) as alive, \
-                FeedClient(silent, topics=["publicTrade.SOLUSDT"], heartbeat=NoPing(),
-                           on_disconnected=lost.append, **FAST) as quiet:
-            await idle_cut_spares_the_pinging(alive, quiet, lost)
-    assert lost[0].reason is DisconnectReason.PEER_CLOSE
-    assert lost[0].close_code == sim_bybit.IDLE_CLOSE[0]
+        lost = await idle_cut_of_the_silent_client(
+            pinging, silent, ("publicTrade.BTCUSDT", "publicTrade.SOLUSDT"), ping(), **FAST)
+    assert lost.reason is DisconnectReason.PEER_CLOSE
+    assert lost.close_code == sim_bybit.IDLE_CLOSE[0]
     assert sim.dialect_impl.stats()["idle_cuts"] >= 1
 
 

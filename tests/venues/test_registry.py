@@ -13,6 +13,7 @@ from defi_ws.venues import (
     BybitInverse,
     BybitLinear,
     BybitOption,
+    Coinbase,
     Okx,
     adapter_for,
     parse_spec,
@@ -23,7 +24,8 @@ from defi_ws.venues.binance import UsdmEndpoint
 def test_registry_names_every_adapter() -> None:
     assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
                         "bybit": Bybit, "bybit-linear": BybitLinear,
-                        "bybit-inverse": BybitInverse, "bybit-option": BybitOption}
+                        "bybit-inverse": BybitInverse, "bybit-option": BybitOption,
+                        "coinbase": Coinbase}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -68,6 +70,14 @@ def test_bybit_specs_pick_the_product_and_upper_case_symbols() -> None:
     assert isinstance(handler.heartbeat, JsonPing)
     handler, _ = adapter_for("bybit:tickers.BTCUSDT", url="ws://127.0.0.1:9/v5/public/spot")
     assert type(handler) is Bybit and handler.url(0) == "ws://127.0.0.1:9/v5/public/spot"
+
+
+def test_coinbase_specs_upper_case_products() -> None:
+    handler, topics = adapter_for("coinbase:level2:btc-usd, market_trades:ETH-USD,heartbeats")
+    assert isinstance(handler, Coinbase)
+    assert topics == ["level2:BTC-USD", "market_trades:ETH-USD", "heartbeats"]
+    assert isinstance(handler.heartbeat, WsPing)
+    assert handler.url(0) == Coinbase.default_url == "wss://advanced-trade-ws.coinbase.com"
 
 
 @pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])

@@ -25,14 +25,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "channel_set", "trade_hash"]
+__all__ = ["Dialect", "Event", "VenueDialect", "checked_channels",
+           "trade_hash"]
 
 
 class Dialect(enum.Enum):
@@ -53,6 +54,9 @@ class Dialect(enum.Enum):
     #: Bybit v5 public streams: ``op`` requests with ``req_id``, ``success`` replies,
     #: ``{"op":"ping"}`` heartbeats (see :mod:`~defi_ws.testing.dialects.bybit`).
     BYBIT = "bybit"
+    #: Coinbase Advanced Trade: one channel per subscribe, ``subscriptions`` replies,
+    #: per-connection ``sequence_num``, the ``heartbeats`` channel.
+    COINBASE = "coinbase"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -62,7 +66,7 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, bybit, generic, okx
+        from defi_ws.testing.dialects import binance, bybit, coinbase, generic, okx
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -73,6 +77,8 @@ class Dialect(enum.Enum):
                                           channels=binance.ALL_CHANNELS)
         if self is Dialect.BYBIT:
             return bybit.BybitDialect()
+        if self is Dialect.COINBASE:
+            return coinbase.CoinbaseDialect()
         return okx.OkxDialect()
 
 
@@ -103,16 +109,23 @@ class Event:
     per_connection: bool
 
 
-def channel_set(channels: Iterable[str], known: tuple[str, ...]) -> frozenset[str]:
-    """A dialect's ``channels`` argument as a set, checked against the ``known`` ones.
+def checked_channels(channels: Iterable[str], known: Sequence[str]) -> frozenset[str]:
+    """A dialect's ``channels`` argument as a set, checked against those it knows.
+
+    Args:
+        channels: the channels the dialect is asked to serve.
+        known: every channel the dialect can serve.
+
+    Returns:
+        The chosen channels.
 
     Raises:
-        ValueError: a channel is not known, or none is given.
+        ValueError: none given, or one not in ``known``.
     """
     chosen = frozenset(channels)
     unknown = chosen - set(known)
     if unknown or not chosen:
-        raise ValueError(f"channels must be among {known}, got {sorted(unknown)}")
+        raise ValueError(f"channels must be among {tuple(known)}, got {sorted(unknown)}")
     return chosen
 
 
@@ -129,6 +142,7 @@ class VenueDialect:
         draws_side: whether the stream generator draws :attr:`Event.flip` (kept per
             dialect so seeded streams stay what they were).
         supports_login: whether the core's ``api_key``/``api_secret`` login applies.
+        idle_cuts: connections closed by :meth:`close_when_idle`.
     """
 
     kind: Dialect
@@ -137,6 +151,7 @@ class VenueDialect:
 
     def __init__(self) -> None:
         self._sim: ExchangeSimulator | None = None
+        self.idle_cuts = 0
 
     @property
     def sim(self) -> ExchangeSimulator:
@@ -155,33 +170,6 @@ class VenueDialect:
             raise ValueError(f"this {type(self).__name__} already serves another simulator; "
                              "give each simulator its own dialect object")
         self._sim = sim
-
-    def watch_idle(self, conn: SimConnection, timeout_s: float,
-                   last_activity: Callable[[], float], close: tuple[int, str],
-                   on_cut: Callable[[], object] = lambda: None) -> None:
-        """Close ``conn`` once it has been idle for ``timeout_s`` (a venue's idle cut).
-
-        Args:
-            conn: the connection, just opened.
-            timeout_s: the idle allowance.
-            last_activity: ``time.monotonic()`` of the connection's last activity as the
-                venue counts it (e.g. the later of its last ping and ``last_sent_at``).
-            close: the close code and reason (also recorded as ``cut_reason``).
-            on_cut: called just before the close (to count it).
-        """
-        def check() -> None:
-            if not conn.open:
-                return
-            idle_s = time.monotonic() - last_activity()
-            if idle_s < timeout_s:
-                conn._later(timeout_s - idle_s, check)
-                return
-            on_cut()
-            conn.cut_reason = close[1]
-            conn.close(*close)
-            self.sim._notify()
-
-        conn._later(timeout_s, check)
 
     @property
     def limit_hits(self) -> int:
@@ -220,6 +208,45 @@ class VenueDialect:
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``conn`` broke the inbound rate; the core closes it with 1008 after this."""
+
+    def close_when_idle(
+        self,
+        conn: SimConnection,
+        timeout_s: float,
+        close: tuple[int, str],
+        last_activity: Callable[[], float] | None = None,
+    ) -> None:
+        """Close ``conn`` once it has been idle for ``timeout_s`` (a venue's idle cut).
+
+        Call it from :meth:`opened`; the check re-arms itself until the cut or the
+        connection's end. Each cut counts in :attr:`idle_cuts`.
+
+        Args:
+            conn: the connection, just opened.
+            timeout_s: the idle allowance.
+            close: the close code and reason (the reason becomes ``conn.cut_reason``).
+            last_activity: ``time.monotonic()`` of the connection's last activity as the
+                venue counts it (default: the last message sent to it,
+                ``conn.last_sent_at``).
+        """
+        def last_sent() -> float:
+            return conn.last_sent_at
+
+        since = last_sent if last_activity is None else last_activity
+
+        def check() -> None:
+            if not conn.open:
+                return
+            idle_s = time.monotonic() - since()
+            if idle_s < timeout_s:
+                conn._later(timeout_s - idle_s, check)
+                return
+            self.idle_cuts += 1
+            conn.cut_reason = close[1]
+            conn.close(*close)
+            self.sim._notify()
+
+        conn._later(timeout_s, check)
 
     # ------------------------------------------------------------ server messages
 

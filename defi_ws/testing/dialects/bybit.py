@@ -69,7 +69,7 @@ from defi_ws.testing.dialects.base import (
     Dialect,
     Event,
     VenueDialect,
-    channel_set,
+    checked_channels,
     trade_hash,
 )
 
@@ -159,7 +159,6 @@ class BybitDialect(VenueDialect):
         enforce_limits: refuse requests over Bybit's request limits.
 
     Attributes:
-        idle_cuts: connections closed for being idle.
         limit_violations: requests refused for Bybit's request limits (limit hits).
         restarts: service-restart snapshots sent.
     """
@@ -179,13 +178,12 @@ class BybitDialect(VenueDialect):
         if product not in PRODUCTS:
             raise ValueError(f"product must be among {PRODUCTS}, got {product!r}")
         self.product = product
-        self.channels = channel_set(channels, ALL_CHANNELS)
+        self.channels = checked_channels(channels, ALL_CHANNELS)
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be > 0 or None")
         self.credentials = credentials
         self.idle_timeout_s = idle_timeout_s
         self.enforce_limits = enforce_limits
-        self.idle_cuts = 0
         self.limit_violations = 0
         self.restarts = 0
         self._ladders: dict[str, _Ladder] = {}
@@ -231,11 +229,8 @@ class BybitDialect(VenueDialect):
                                     * (60 if active.group(2) == "m" else 1)))
         state = conn.dialect_state = _State(private=private, last_ping=time.monotonic())
         if idle_s is not None:
-            self.watch_idle(conn, idle_s, lambda: max(state.last_ping, conn.last_sent_at),
-                            IDLE_CLOSE, on_cut=self._count_idle_cut)
-
-    def _count_idle_cut(self) -> None:
-        self.idle_cuts += 1
+            self.close_when_idle(conn, idle_s, IDLE_CLOSE,
+                                 lambda: max(state.last_ping, conn.last_sent_at))
 
     # ------------------------------------------------------------ requests
 

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, checked_channels
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -156,7 +156,6 @@ class OkxDialect(VenueDialect):
 
     Attributes:
         logins_ok: successful logins (also counted in the simulator's ``logins_ok``).
-        idle_cuts: connections closed for being idle.
         budget_violations: requests refused for ``request_budget`` (a limit hit).
     """
 
@@ -171,10 +170,7 @@ class OkxDialect(VenueDialect):
         request_budget: tuple[int, float] | None = None,
     ) -> None:
         super().__init__()
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = checked_channels(channels, ALL_CHANNELS)
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be > 0 or None")
         if request_budget is not None and not (
@@ -183,7 +179,6 @@ class OkxDialect(VenueDialect):
         self.credentials = credentials
         self.idle_timeout_s = idle_timeout_s
         self.request_budget = request_budget
-        self.idle_cuts = 0
         self.budget_violations = 0
 
     @property
@@ -208,21 +203,9 @@ class OkxDialect(VenueDialect):
         endpoint = path.rsplit("/", 1)[-1] if path.startswith("/ws/v5/") else "public"
         conn.dialect_state = _State(endpoint=endpoint, last_activity=time.monotonic())
         if self.idle_timeout_s is not None:
-            conn._later(self.idle_timeout_s, lambda: self._check_idle(conn))
-
-    def _check_idle(self, conn: SimConnection) -> None:
-        if not conn.open or self.idle_timeout_s is None:
-            return
-        state = self._state(conn)
-        last = max(state.last_activity, conn.last_sent_at)
-        idle_s = time.monotonic() - last
-        if idle_s >= self.idle_timeout_s:
-            self.idle_cuts += 1
-            conn.cut_reason = IDLE_CLOSE[1]
-            conn.close(*IDLE_CLOSE)
-            self.sim._notify()
-            return
-        conn._later(self.idle_timeout_s - idle_s, lambda: self._check_idle(conn))
+            state = conn.dialect_state
+            self.close_when_idle(conn, self.idle_timeout_s, IDLE_CLOSE,
+                                 lambda: max(state.last_activity, conn.last_sent_at))
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``60014`` before the core's 1008."""
