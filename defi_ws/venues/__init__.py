@@ -20,10 +20,12 @@ name                      class                                  module
 ``binance``               :class:`~.binance.BinanceSpot`          :mod:`.binance`
 ``binance-usdm``          :class:`~.binance.BinanceUsdm`          :mod:`.binance`
 ``okx``                   :class:`~.okx.Okx`                      :mod:`.okx`
+``kraken``                :class:`~.kraken.Kraken`                :mod:`.kraken`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types` and :mod:`.okx_types` (the ``msgspec`` extra).
+in :mod:`.binance_types`, :mod:`.okx_types` and :mod:`.kraken_types` (the ``msgspec``
+extra).
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from __future__ import annotations
 from typing import Any
 
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
+from defi_ws.venues.kraken import Kraken, normalise_topic
 from defi_ws.venues.okx import Okx
 
-__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Okx", "adapter_for", "parse_spec"]
+__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Kraken", "Okx", "adapter_for",
+           "parse_spec"]
 
 #: Adapter classes by venue name (the prefix of a spec).
 ADAPTERS: dict[str, type[Any]] = {
     "binance": BinanceSpot,
     "binance-usdm": BinanceUsdm,
     "okx": Okx,
+    "kraken": Kraken,
 }
 
 
@@ -48,7 +53,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
     Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``). An OKX
     topic may hold commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an
-    ``=`` and no ``:`` continues the topic before it.
+    ``=`` and no ``:`` continues the topic before it. Kraken topics are spelled
+    canonically (``book:btc/usd:10`` -> ``book:BTC/USD``).
 
     Raises:
         ValueError: no venue, an unknown venue or no topic.
@@ -68,6 +74,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             topics.append(piece)
     if venue.startswith("binance"):
         topics = [t.partition("@")[0].lower() + t[len(t.partition("@")[0]):] for t in topics]
+    elif venue == "kraken":
+        topics = [normalise_topic(t) for t in topics]
     if not topics:
         raise ValueError(f"{spec!r}: no topic after '{venue}:'")
     return venue, list(dict.fromkeys(topics))

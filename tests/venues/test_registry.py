@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from defi_ws.heartbeat import TextPing, WsPing
-from defi_ws.venues import ADAPTERS, BinanceSpot, BinanceUsdm, Okx, adapter_for, parse_spec
+from defi_ws.heartbeat import JsonPing, TextPing, WsPing
+from defi_ws.venues import (
+    ADAPTERS,
+    BinanceSpot,
+    BinanceUsdm,
+    Kraken,
+    Okx,
+    adapter_for,
+    parse_spec,
+)
 from defi_ws.venues.binance import UsdmEndpoint
 
 
 def test_registry_names_every_adapter() -> None:
-    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx}
+    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
+                        "kraken": Kraken}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -47,7 +56,15 @@ def test_okx_specs_keep_topics_with_colons_and_commas() -> None:
         "okx", ["orders:instType=SPOT,instId=BTC-USDT", "account", "trades:X-Y"])
 
 
-@pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
+def test_kraken_specs_are_spelled_canonically() -> None:
+    handler, topics = adapter_for("kraken:trade:btc/usd, Book:ETH/USD:10,book:BTC/USD:25")
+    assert isinstance(handler, Kraken) and isinstance(handler.heartbeat, JsonPing)
+    assert topics == ["trade:BTC/USD", "book:ETH/USD", "book:BTC/USD:25"]
+    assert handler.url(0) == Kraken.default_url == "wss://ws.kraken.com/v2"
+    assert parse_spec("kraken:book:BTC/USD:7") == ("kraken", ["book:BTC/USD:7"])  # as given
+
+
+@pytest.mark.parametrize("spec", ["btcusdt@trade", "bitstamp:btcusd", "binance:", "okx: , "])
 def test_bad_specs_say_what_is_expected(spec: str) -> None:
     with pytest.raises(ValueError, match=r"binance|topic"):
         adapter_for(spec)
