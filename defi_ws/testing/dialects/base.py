@@ -48,6 +48,9 @@ class Dialect(enum.Enum):
     OKX = "okx"
     #: Binance USD-M futures market streams (``/public``, ``/market`` endpoints).
     BINANCE_USDM = "binance-usdm"
+    #: Kraken spot v2 public channels: per-symbol acks, ``{"method": "ping"}``,
+    #: ``heartbeat`` messages, books with CRC32 checksums.
+    KRAKEN = "kraken"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -57,7 +60,7 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, generic, okx
+        from defi_ws.testing.dialects import binance, generic, kraken, okx
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -66,6 +69,8 @@ class Dialect(enum.Enum):
         if self is Dialect.BINANCE_USDM:
             return binance.BinanceDialect(product=binance.Product.USDM,
                                           channels=binance.ALL_CHANNELS)
+        if self is Dialect.KRAKEN:
+            return kraken.KrakenDialect()
         return okx.OkxDialect()
 
 
