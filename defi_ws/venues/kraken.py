@@ -160,9 +160,13 @@ def normalise_topic(topic: str) -> str:
     """The canonical spelling of a topic: lowercase channel, uppercase symbol, the
     default book depth left out (``"Book:btc/usd:10"`` -> ``"book:BTC/USD"``); a
     malformed topic is returned as it is (stripped)."""
-    channel, symbol, depth = to_params(topic.strip())
-    canonical = to_topic(channel.lower(), symbol.upper(), depth)
-    return topic.strip() if topic_problem(canonical) is not None else canonical
+    stripped = topic.strip()
+    channel, _, rest = stripped.partition(":")
+    symbol, sep, option = rest.partition(":")
+    cased = f"{channel.lower()}:{symbol.upper()}{sep}{option}"
+    if topic_problem(cased) is not None:
+        return stripped
+    return to_topic(*to_params(cased))
 
 
 @dataclass(eq=False)

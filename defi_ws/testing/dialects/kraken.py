@@ -153,6 +153,8 @@ class _Book:
         price = rng.choice(sorted(side))
         qty = rng.randint(1, 500) * 10 ** 6
         if rng.random() < 0.7:
+            if side[price] == qty:
+                qty += 10 ** 6  # every event changes the book
             side[price] = qty
             changes.append(self.text(price, qty))
         else:
