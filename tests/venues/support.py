@@ -48,3 +48,16 @@ class IdLog:
             assert ids == sorted(set(ids)), f"{topic}: duplicate or out of order"
             if contiguous:
                 assert ids == list(range(ids[0], ids[-1] + 1)), f"{topic}: a message was lost"
+
+
+async def lose_to_withheld_pongs(sim: Any, client: Any, disconnects: list[Any]) -> None:
+    """Withhold the simulator's pongs until ``client`` disconnects, then let it recover.
+
+    ``disconnects`` is filled by the client's ``on_disconnected``; the first one is the
+    heartbeat's verdict (PING_TIMEOUT for an app-level ping).
+    """
+    await client.wait_live(20)
+    sim.withhold_pongs()
+    await until(lambda: disconnects != [])
+    sim.withhold_pongs(False)
+    await client.wait_live(20)

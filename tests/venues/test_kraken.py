@@ -27,7 +27,14 @@ from defi_ws.testing.dialects import KrakenDialect
 from defi_ws.testing.dialects import kraken as sim_kraken
 from defi_ws.venues import kraken, kraken_types
 from defi_ws.venues.kraken import Kraken
-from venues.support import FIXTURES, IdLog, load_fixture, until, wire
+from venues.support import (
+    FIXTURES,
+    IdLog,
+    load_fixture,
+    lose_to_withheld_pongs,
+    until,
+    wire,
+)
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 #: Scaled down: Kraken's ping every 15 s, answered within 10 s.
@@ -277,11 +284,7 @@ async def test_pongs_withheld_are_a_ping_timeout() -> None:
         client = FeedClient(Kraken(sim.url + "v2"), topics=["trade:BTC/USD"], heartbeat=PING,
                             on_disconnected=disconnects.append, **FAST)
         async with client:
-            await client.wait_live(20)
-            sim.withhold_pongs()
-            await until(lambda: disconnects != [])
-            sim.withhold_pongs(False)
-            await client.wait_live(20)
+            await lose_to_withheld_pongs(sim, client, disconnects)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 
@@ -401,3 +404,4 @@ async def test_the_pool_never_hits_the_venues_limits() -> None:
         assert sim.limit_hits == 0, sim.stats()
     assert handler.rate_errors == 0 and handler.untraced_errors == 0
     pushes.assert_exactly_once_in_order(contiguous=False)
+

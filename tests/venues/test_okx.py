@@ -30,7 +30,7 @@ from defi_ws.testing.dialects import OkxDialect
 from defi_ws.testing.dialects import okx as sim_okx
 from defi_ws.venues import okx, okx_types
 from defi_ws.venues.okx import Okx, OkxCredentials
-from venues.support import IdLog, load_fixture, until, wire
+from venues.support import IdLog, load_fixture, lose_to_withheld_pongs, until, wire
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 #: Scaled down: OKX cuts after 30 s idle and wants a ping every < 30 s.
@@ -220,11 +220,7 @@ async def test_pongs_withheld_are_a_ping_timeout() -> None:
         client = FeedClient(handler, topics=["trades:BTC-USDT"], heartbeat=PING,
                             on_disconnected=disconnects.append, **FAST)
         async with client:
-            await client.wait_live(20)
-            sim.withhold_pongs()
-            await until(lambda: disconnects != [])
-            sim.withhold_pongs(False)
-            await client.wait_live(20)
+            await lose_to_withheld_pongs(sim, client, disconnects)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 

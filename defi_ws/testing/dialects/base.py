@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "trade_hash"]
+__all__ = ["Dialect", "Event", "VenueDialect", "channel_set", "trade_hash"]
 
 
 class Dialect(enum.Enum):
@@ -99,6 +100,19 @@ class Event:
     ts: int
     flip: bool
     per_connection: bool
+
+
+def channel_set(channels: Iterable[str], known: Sequence[str]) -> frozenset[str]:
+    """The channels a dialect is asked to serve, checked against those it knows.
+
+    Raises:
+        ValueError: none given, or one it does not know.
+    """
+    chosen = frozenset(channels)
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        raise ValueError(f"channels must be among {tuple(known)}, got {sorted(unknown)}")
+    return chosen
 
 
 def trade_hash(topic: str, event: int) -> str:

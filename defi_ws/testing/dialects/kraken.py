@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from defi_ws.books.checksum import kraken_checksum
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, channel_set
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -206,10 +206,7 @@ class KrakenDialect(VenueDialect):
         idle_timeout_s: float | None = None,
     ) -> None:
         super().__init__()
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = channel_set(channels, ALL_CHANNELS)
         for name, value in (("heartbeat_interval_s", heartbeat_interval_s),
                             ("idle_timeout_s", idle_timeout_s)):
             if value is not None and not value > 0:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, channel_set
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -171,10 +171,7 @@ class OkxDialect(VenueDialect):
         request_budget: tuple[int, float] | None = None,
     ) -> None:
         super().__init__()
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = channel_set(channels, ALL_CHANNELS)
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be > 0 or None")
         if request_budget is not None and not (
