@@ -405,3 +405,57 @@ async def test_the_pool_never_hits_the_venues_limits() -> None:
     assert handler.rate_errors == 0 and handler.untraced_errors == 0
     pushes.assert_exactly_once_in_order(contiguous=False)
 
+
+
+# ------------------------------------------------------------------ the dialect's rules
+
+
+async def test_the_dialect_refuses_what_kraken_refuses_and_enforces_its_limits() -> None:
+    """Raw requests: sorted-key replies, per-symbol and whole-request refusals, the
+    limits (symbols per request, topics per connection, message rate)."""
+    import picows
+
+    from tests.testing.test_simulator_limits import Client, closed_by_server
+
+    async with kraken_sim(max_topics_per_message=2, max_topics_per_connection=2,
+                          max_messages_per_s=20, heartbeat_interval_s=None) as sim:
+        _, client = await picows.ws_connect(Client, sim.url + "v2")
+        assert isinstance(client, Client)
+        await client.wait(lambda: len(client.messages()) == 1)
+        assert client.messages()[0]["channel"] == "status"
+
+        def subscribe(req_id: int, channel: str, *symbols: str, **params: Any) -> None:
+            client.send({"method": "subscribe", "req_id": req_id,
+                         "params": {"channel": channel, "symbol": list(symbols), **params}})
+
+        subscribe(1, "book", "BTC/USD", "btc-usd")
+        subscribe(2, "trade", "A/B", "C/D", "E/F")
+        subscribe(3, "book", "ETH/USD", depth=7)
+        subscribe(4, "book", "BTC/USD")
+        subscribe(5, "trade", "A/B", "C/D", snapshot=False)
+        client.send({"method": "unsubscribe", "req_id": 6,
+                     "params": {"channel": "ticker", "symbol": ["A/B"]}})
+        client.send({"method": "ping", "req_id": 7})
+        await client.wait(lambda: len(client.messages()) == 11)
+        _status, ack, snapshot, *rest, pong = client.messages()
+        assert client.texts()[1].startswith(b'{"method":"subscribe","req_id":1,"result":')
+        assert ack["result"] == {"channel": "book", "depth": 10, "snapshot": True,
+                                 "symbol": "BTC/USD"}
+        assert snapshot["type"] == "snapshot" and snapshot["data"][0]["checksum"] == (
+            sim.dialect_impl.book_checksum("BTC/USD"))
+        assert [(m.get("req_id"), m.get("success"), m.get("symbol"), m.get("error"))
+                for m in rest] == [
+            (1, False, "btc-usd", "Currency pair not supported btc-usd"),
+            (2, False, None, "Exceeded maximum symbols in one request"),
+            (3, False, None, "Invalid depth 7"),
+            (4, False, "BTC/USD", "Already subscribed"),
+            (5, True, None, None),
+            (5, False, "C/D", "Exceeded maximum subscriptions"),
+            (6, False, "A/B", "Subscription Not Found")]
+        assert (pong["method"], pong["req_id"]) == ("pong", 7)
+        assert (sim.oversized_subscribes, sim.topic_limit_rejections) == (1, 1)
+        for _ in range(25):
+            client.send({"method": "ping"})
+        assert await closed_by_server(client) == (1008, "Too many requests")
+        assert {"Error": "Exceeded msg rate"} in client.messages()
+        assert sim.rate_violations == 1
