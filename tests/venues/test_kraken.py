@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 import orjson
+import picows
 import pytest
 
 from defi_ws import FeedClient, FeedPool, VenueLimits
@@ -27,6 +28,7 @@ from defi_ws.testing.dialects import KrakenDialect
 from defi_ws.testing.dialects import kraken as sim_kraken
 from defi_ws.venues import kraken, kraken_types
 from defi_ws.venues.kraken import Kraken
+from tests.testing.test_simulator_limits import Client, closed_by_server
 from venues.support import (
     FIXTURES,
     IdLog,
@@ -413,10 +415,6 @@ async def test_the_pool_never_hits_the_venues_limits() -> None:
 async def test_the_dialect_refuses_what_kraken_refuses_and_enforces_its_limits() -> None:
     """Raw requests: sorted-key replies, per-symbol and whole-request refusals, the
     limits (symbols per request, topics per connection, message rate)."""
-    import picows
-
-    from tests.testing.test_simulator_limits import Client, closed_by_server
-
     async with kraken_sim(max_topics_per_message=2, max_topics_per_connection=2,
                           max_messages_per_s=20, heartbeat_interval_s=None) as sim:
         _, client = await picows.ws_connect(Client, sim.url + "v2")
