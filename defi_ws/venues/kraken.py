@@ -327,25 +327,20 @@ class Kraken:
         result = message.get("result")
         symbol = result.get("symbol") if isinstance(result, dict) else message.get("symbol")
         ok = message.get("success") is True
-        if request is None or request.unsubscribe != unsubscribe:
-            if not ok:
-                self._untraced(message)
-                return ()
-            if not (isinstance(result, dict) and isinstance(result.get("channel"), str)
-                    and isinstance(symbol, str)):
-                return ()
-            depth = result.get("depth")
-            topic = to_topic(result["channel"], symbol, depth if isinstance(depth, int) else None)
-            return [Ack(topic, unsubscribe=unsubscribe)]  # not ours: the client counts it
+        pending = request.pending if (
+            request is not None and request.unsubscribe == unsubscribe) else {}
         detail = "" if ok else str(message.get("error") or "refused")
-        if isinstance(symbol, str) and symbol in request.pending:
-            topics = [request.pending.pop(symbol)]
-        elif ok or isinstance(symbol, str):
-            topics = []  # a symbol we did not ask for (or answered twice)
-        else:  # a refusal of the whole request
-            topics = list(request.pending.values())
-            request.pending.clear()
-        if not request.pending:
+        if isinstance(symbol, str) and symbol in pending:
+            topics = [pending.pop(symbol)]
+        elif not ok and symbol is None and pending:  # a refusal of the whole request
+            topics = list(pending.values())
+            pending.clear()
+        elif ok:  # not ours (another handler's, evicted, or answered twice)
+            return self._stray_ack(result, symbol, unsubscribe)
+        else:
+            self._untraced(message)
+            return ()
+        if request is not None and not request.pending:
             del self._requests[req_id]
         for topic in topics:
             channel, sym, _ = to_params(topic)
@@ -354,6 +349,17 @@ class Kraken:
             elif ok:
                 self._topics.pop((channel, sym), None)
         return [Ack(topic, ok=ok, detail=detail, unsubscribe=unsubscribe) for topic in topics]
+
+    @staticmethod
+    def _stray_ack(result: Any, symbol: Any, unsubscribe: bool) -> list[Control]:
+        """An Ack built from a success reply of no pending request (the client counts
+        it as unknown when no topic of it awaits an ack)."""
+        if not (isinstance(result, dict) and isinstance(result.get("channel"), str)
+                and isinstance(symbol, str)):
+            return []
+        depth = result.get("depth")
+        topic = to_topic(result["channel"], symbol, depth if isinstance(depth, int) else None)
+        return [Ack(topic, unsubscribe=unsubscribe)]
 
     def _untraced(self, message: dict[str, Any]) -> None:
         text = message.get("Error") or message.get("error")

@@ -172,6 +172,7 @@ def test_per_symbol_acks_rejections_and_stray_replies() -> None:
     # A refusal of a whole request (no symbol) refuses every topic not yet answered.
     handler.subscribe_messages(["ticker:A/B", "ticker:C/D"])
     assert handler.classify(reply(3, "A/B", "ticker")) == [Ack("ticker:A/B")]
+    assert handler.classify(reply(3, "A/B", "ticker")) == [Ack("ticker:A/B")]  # twice: stray
     whole = {"error": "Exceeded maximum symbols", "method": "subscribe", "req_id": 3,
              "success": False}
     assert handler.classify(whole) == [
