@@ -67,6 +67,12 @@ rates, sequences, faults and stats are per key:
   Bybit's request limits; books stream a snapshot then ``u``-numbered deltas. Bybit
   documents no shutdown notice: don't combine it with ``notice_before_s``.
 
+* ``Dialect.KRAKEN`` (key: ``"<channel>:<symbol>"``, e.g. ``"book:BTC/USD"``; see
+  :mod:`~defi_ws.testing.dialects.kraken`): spot v2 ``trade``, ``ticker`` and ``book``
+  (real books with CRC32 checksums), one ack per symbol, ``{"method": "ping"}``,
+  ``status`` on connect, ``heartbeat`` messages, an optional idle cut; no shutdown
+  notice (Kraken drops connections unannounced).
+
 The core's ``api_key`` login is only part of the generic protocol (OKX's login is
 configured on :class:`~defi_ws.testing.dialects.OkxDialect`).
 

@@ -25,11 +25,12 @@ name                      class                                  module
 ``bybit-inverse``         :class:`~.bybit.BybitInverse`           :mod:`.bybit`
 ``bybit-option``          :class:`~.bybit.BybitOption`            :mod:`.bybit`
 ``coinbase``              :class:`~.coinbase.Coinbase`            :mod:`.coinbase`
+``kraken``                :class:`~.kraken.Kraken`                :mod:`.kraken`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types`, :mod:`.okx_types`, :mod:`.bybit_types` and
-:mod:`.coinbase_types` (the ``msgspec`` extra).
+in :mod:`.binance_types`, :mod:`.okx_types`, :mod:`.bybit_types`,
+:mod:`.coinbase_types` and :mod:`.kraken_types` (the ``msgspec`` extra).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
 from defi_ws.venues.bybit import Bybit, BybitInverse, BybitLinear, BybitOption
 from defi_ws.venues.coinbase import Coinbase
+from defi_ws.venues.kraken import Kraken, normalise_topic
 from defi_ws.venues.okx import Okx
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "BybitLinear",
     "BybitOption",
     "Coinbase",
+    "Kraken",
     "Okx",
     "adapter_for",
     "parse_spec",
@@ -65,18 +68,20 @@ ADAPTERS: dict[str, type[Any]] = {
     "bybit-inverse": BybitInverse,
     "bybit-option": BybitOption,
     "coinbase": Coinbase,
+    "kraken": Kraken,
 }
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
     """Split ``"venue:topic[,topic...]"`` into the venue name and its topics.
 
-    Binance symbols are lower-cased (``BTCUSDT@trade`` -> ``btcusdt@trade``), Bybit
-    symbols (the last dotted part) upper-cased (``publicTrade.btcusdt`` ->
-    ``publicTrade.BTCUSDT``), Coinbase products upper-cased (``level2:btc-usd`` ->
-    ``level2:BTC-USD``). An OKX
-    topic may hold commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an
-    ``=`` and no ``:`` continues the topic before it.
+    Topics are spelled as each venue expects them: Binance symbols lower-cased
+    (``BTCUSDT@trade`` -> ``btcusdt@trade``), Bybit symbols (the last dotted part)
+    upper-cased (``publicTrade.btcusdt`` -> ``publicTrade.BTCUSDT``), Coinbase products
+    upper-cased (``level2:btc-usd`` -> ``level2:BTC-USD``), Kraken topics canonical
+    (``book:btc/usd:10`` -> ``book:BTC/USD``). An OKX or Hyperliquid topic may hold
+    commas (``orders:instType=SPOT,instId=BTC-USDT``): a piece with an ``=`` and no
+    ``:`` continues the topic before it.
 
     Raises:
         ValueError: no venue, an unknown venue or no topic.
@@ -102,6 +107,8 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     elif venue == "coinbase":
         topics = [t.partition(":")[0] + t.partition(":")[1] + t.partition(":")[2].upper()
                   for t in topics]
+    elif venue == "kraken":
+        topics = [normalise_topic(t) for t in topics]
     if not topics:
         raise ValueError(f"{spec!r}: no topic after '{venue}:'")
     return venue, list(dict.fromkeys(topics))

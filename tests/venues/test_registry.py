@@ -14,6 +14,7 @@ from defi_ws.venues import (
     BybitLinear,
     BybitOption,
     Coinbase,
+    Kraken,
     Okx,
     adapter_for,
     parse_spec,
@@ -25,7 +26,7 @@ def test_registry_names_every_adapter() -> None:
     assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
                         "bybit": Bybit, "bybit-linear": BybitLinear,
                         "bybit-inverse": BybitInverse, "bybit-option": BybitOption,
-                        "coinbase": Coinbase}
+                        "coinbase": Coinbase, "kraken": Kraken}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -80,7 +81,15 @@ def test_coinbase_specs_upper_case_products() -> None:
     assert handler.url(0) == Coinbase.default_url == "wss://advanced-trade-ws.coinbase.com"
 
 
-@pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
+def test_kraken_specs_are_spelled_canonically() -> None:
+    handler, topics = adapter_for("kraken:trade:btc/usd, Book:ETH/USD:10,book:BTC/USD:25")
+    assert isinstance(handler, Kraken) and isinstance(handler.heartbeat, JsonPing)
+    assert topics == ["trade:BTC/USD", "book:ETH/USD", "book:BTC/USD:25"]
+    assert handler.url(0) == Kraken.default_url == "wss://ws.kraken.com/v2"
+    assert parse_spec("kraken:book:BTC/USD:7") == ("kraken", ["book:BTC/USD:7"])  # as given
+
+
+@pytest.mark.parametrize("spec", ["btcusdt@trade", "bitstamp:btcusd", "binance:", "okx: , "])
 def test_bad_specs_say_what_is_expected(spec: str) -> None:
     with pytest.raises(ValueError, match=r"binance|topic"):
         adapter_for(spec)

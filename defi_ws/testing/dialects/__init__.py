@@ -3,9 +3,10 @@
 One module per venue, each a :class:`VenueDialect` the simulator core calls:
 :mod:`~defi_ws.testing.dialects.generic` (defi-ws' own JSON protocol),
 :mod:`~defi_ws.testing.dialects.binance` (spot and USD-M market streams),
-:mod:`~defi_ws.testing.dialects.okx` (v5), :mod:`~defi_ws.testing.dialects.bybit` (v5)
-and :mod:`~defi_ws.testing.dialects.coinbase` (Advanced Trade). Pass a
-:class:`Dialect` value for a dialect's defaults, or a configured instance::
+:mod:`~defi_ws.testing.dialects.okx` (v5), :mod:`~defi_ws.testing.dialects.bybit` (v5),
+:mod:`~defi_ws.testing.dialects.coinbase` (Advanced Trade) and
+:mod:`~defi_ws.testing.dialects.kraken` (spot v2). Pass a :class:`Dialect` value for a
+dialect's defaults, or a configured instance::
 
     ExchangeSimulator(dialect=Dialect.OKX)
     ExchangeSimulator(dialect=OkxDialect(channels=ALL_CHANNELS, idle_timeout_s=3.0))
@@ -18,6 +19,7 @@ from defi_ws.testing.dialects.binance import BinanceDialect, Product
 from defi_ws.testing.dialects.bybit import BybitCredentials, BybitDialect
 from defi_ws.testing.dialects.coinbase import CoinbaseDialect
 from defi_ws.testing.dialects.generic import GenericDialect
+from defi_ws.testing.dialects.kraken import KrakenDialect
 from defi_ws.testing.dialects.okx import OkxCredentials, OkxDialect
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "Dialect",
     "Event",
     "GenericDialect",
+    "KrakenDialect",
     "OkxCredentials",
     "OkxDialect",
     "Product",

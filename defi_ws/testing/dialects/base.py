@@ -57,6 +57,9 @@ class Dialect(enum.Enum):
     #: Coinbase Advanced Trade: one channel per subscribe, ``subscriptions`` replies,
     #: per-connection ``sequence_num``, the ``heartbeats`` channel.
     COINBASE = "coinbase"
+    #: Kraken spot v2 public channels: per-symbol acks, ``{"method": "ping"}``,
+    #: ``heartbeat`` messages, books with CRC32 checksums.
+    KRAKEN = "kraken"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -66,7 +69,7 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, bybit, coinbase, generic, okx
+        from defi_ws.testing.dialects import binance, bybit, coinbase, generic, kraken, okx
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -79,6 +82,8 @@ class Dialect(enum.Enum):
             return bybit.BybitDialect()
         if self is Dialect.COINBASE:
             return coinbase.CoinbaseDialect()
+        if self is Dialect.KRAKEN:
+            return kraken.KrakenDialect()
         return okx.OkxDialect()
 
 
