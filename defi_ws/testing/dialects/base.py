@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "trade_hash"]
+__all__ = ["Dialect", "Event", "SlidingWindow", "VenueDialect", "checked_channels",
+           "trade_hash"]
 
 
 class Dialect(enum.Enum):
@@ -96,9 +100,49 @@ class Event:
     per_connection: bool
 
 
+def checked_channels(channels: Iterable[str], known: Sequence[str]) -> frozenset[str]:
+    """``channels`` as a set, checked against the ``known`` ones of a dialect.
+
+    Raises:
+        ValueError: none given, or one not in ``known``.
+    """
+    chosen = frozenset(channels)
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        raise ValueError(f"channels must be among {tuple(known)}, got {sorted(unknown)}")
+    return chosen
+
+
 def trade_hash(topic: str, event: int) -> str:
     """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
     return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
+
+
+class SlidingWindow:
+    """At most ``count`` events in any ``window_s`` (a venue's request budget).
+
+    Args:
+        count: events allowed per window.
+        window_s: the window, in seconds of ``time.monotonic()``.
+    """
+
+    __slots__ = ("_times", "count", "window_s")
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def take(self, now: float | None = None) -> bool:
+        """Count one event at ``now`` (default: now) if the window has room; else False."""
+        now = time.monotonic() if now is None else now
+        times = self._times
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) < self.count:
+            times.append(now)
+            return True
+        return False
 
 
 class VenueDialect:
@@ -109,6 +153,7 @@ class VenueDialect:
         draws_side: whether the stream generator draws :attr:`Event.flip` (kept per
             dialect so seeded streams stay what they were).
         supports_login: whether the core's ``api_key``/``api_secret`` login applies.
+        idle_cuts: connections closed by :meth:`close_when_idle`.
     """
 
     kind: Dialect
@@ -117,6 +162,7 @@ class VenueDialect:
 
     def __init__(self) -> None:
         self._sim: ExchangeSimulator | None = None
+        self.idle_cuts = 0
 
     @property
     def sim(self) -> ExchangeSimulator:
@@ -173,6 +219,39 @@ class VenueDialect:
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``conn`` broke the inbound rate; the core closes it with 1008 after this."""
+
+    def close_when_idle(
+        self,
+        conn: SimConnection,
+        timeout_s: float,
+        close: tuple[int, str],
+        last_activity: Callable[[], float] | None = None,
+    ) -> None:
+        """Close ``conn`` with ``close`` (code, reason) once it has been idle ``timeout_s``.
+
+        Idle means nothing happened since ``last_activity()`` (``time.monotonic()``
+        seconds; default: the last message sent to the connection). Call it from
+        :meth:`opened`; the check re-arms itself until the cut or the connection's end.
+        Each cut counts in :attr:`idle_cuts`.
+        """
+        def last_sent() -> float:
+            return conn.last_sent_at
+
+        since = last_sent if last_activity is None else last_activity
+
+        def check() -> None:
+            if not conn.open:
+                return
+            idle_s = time.monotonic() - since()
+            if idle_s < timeout_s:
+                conn._later(timeout_s - idle_s, check)
+                return
+            self.idle_cuts += 1
+            conn.cut_reason = close[1]
+            conn.close(*close)
+            self.sim._notify()
+
+        conn._later(timeout_s, check)
 
     # ------------------------------------------------------------ server messages
 
