@@ -10,7 +10,10 @@ from typing import Any
 
 import orjson
 
-from defi_ws import _compat
+from defi_ws import FeedClient, _compat
+from defi_ws.heartbeat import HeartbeatStrategy, NoPing
+from defi_ws.reasons import Disconnect
+from defi_ws.testing import ExchangeSimulator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -48,3 +51,39 @@ class IdLog:
             assert ids == sorted(set(ids)), f"{topic}: duplicate or out of order"
             if contiguous:
                 assert ids == list(range(ids[0], ids[-1] + 1)), f"{topic}: a message was lost"
+
+
+async def ping_timeout_then_recovery(sim: ExchangeSimulator, handler: Any, topic: str,
+                                     heartbeat: HeartbeatStrategy,
+                                     **options: Any) -> list[Disconnect]:
+    """Withhold the venue's pongs until the client gives up on a ping, then answer
+    again and wait for the client to be LIVE once more: the disconnects it saw."""
+    disconnects: list[Disconnect] = []
+    client = FeedClient(handler, topics=[topic], heartbeat=heartbeat,
+                        on_disconnected=disconnects.append, **options)
+    async with client:
+        await client.wait_live(20)
+        sim.withhold_pongs()
+        await until(lambda: disconnects != [])
+        sim.withhold_pongs(False)
+        await client.wait_live(20)
+    return disconnects
+
+
+async def idle_cut_of_the_silent_client(pinging: Any, silent: Any, topics: tuple[str, str],
+                                        heartbeat: HeartbeatStrategy,
+                                        **options: Any) -> Disconnect:
+    """Two clients on a quiet venue that cuts idle connections: the one sending
+    ``heartbeat`` keeps its connection (asserted), the one that never pings is cut:
+    its first disconnect."""
+    lost: list[Disconnect] = []
+    async with FeedClient(pinging, topics=[topics[0]], heartbeat=heartbeat,
+                          **options) as alive, \
+            FeedClient(silent, topics=[topics[1]], heartbeat=NoPing(),
+                       on_disconnected=lost.append, **options) as quiet:
+        await alive.wait_live(20)
+        await quiet.wait_live(20)
+        await until(lambda: lost != [])
+        await asyncio.sleep(2.0)
+        assert alive.snapshot()["disconnects"] == {}
+    return lost[0]

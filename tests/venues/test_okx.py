@@ -8,7 +8,6 @@ notices, the request budget), on asyncio and uvloop.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -30,7 +29,14 @@ from defi_ws.testing.dialects import OkxDialect
 from defi_ws.testing.dialects import okx as sim_okx
 from defi_ws.venues import okx, okx_types
 from defi_ws.venues.okx import Okx, OkxCredentials
-from venues.support import IdLog, load_fixture, until, wire
+from venues.support import (
+    IdLog,
+    idle_cut_of_the_silent_client,
+    load_fixture,
+    ping_timeout_then_recovery,
+    until,
+    wire,
+)
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 #: Scaled down: OKX cuts after 30 s idle and wants a ping every < 30 s.
@@ -214,35 +220,20 @@ async def test_client_acks_per_arg_refusals_and_text_pongs() -> None:
 
 
 async def test_pongs_withheld_are_a_ping_timeout() -> None:
-    disconnects: list[Disconnect] = []
     async with okx_sim(rate_per_s=20) as sim:
         handler = Okx(url=sim.url + "ws/v5/public")
-        client = FeedClient(handler, topics=["trades:BTC-USDT"], heartbeat=PING,
-                            on_disconnected=disconnects.append, **FAST)
-        async with client:
-            await client.wait_live(20)
-            sim.withhold_pongs()
-            await until(lambda: disconnects != [])
-            sim.withhold_pongs(False)
-            await client.wait_live(20)
+        disconnects = await ping_timeout_then_recovery(sim, handler, "trades:BTC-USDT",
+                                                       PING, **FAST)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 
 async def test_the_text_ping_keeps_a_quiet_connection_past_the_idle_cut() -> None:
     async with okx_sim(rate_per_s=0, idle_timeout_s=1.5) as sim:
         pinging, silent = (Okx(url=sim.url + "ws/v5/public") for _ in range(2))
-        lost: list[Disconnect] = []
-        async with FeedClient(pinging, topics=["trades:BTC-USDT"], heartbeat=PING,
-                              **FAST) as alive, \
-                FeedClient(silent, topics=["trades:SOL-USDT"], heartbeat=NoPing(),
-                           on_disconnected=lost.append, **FAST) as quiet:
-            await alive.wait_live(20)
-            await quiet.wait_live(20)
-            await until(lambda: lost != [])
-            await asyncio.sleep(2.0)
-            assert alive.snapshot()["disconnects"] == {}
-    assert lost[0].reason is DisconnectReason.PEER_CLOSE
-    assert lost[0].close_code == sim_okx.IDLE_CLOSE[0]
+        lost = await idle_cut_of_the_silent_client(
+            pinging, silent, ("trades:BTC-USDT", "trades:SOL-USDT"), PING, **FAST)
+    assert lost.reason is DisconnectReason.PEER_CLOSE
+    assert lost.close_code == sim_okx.IDLE_CLOSE[0]
 
 
 async def test_login_then_private_channel_and_no_secret_in_logs(
