@@ -3,7 +3,8 @@
 One module per venue, each a :class:`VenueDialect` the simulator core calls:
 :mod:`~defi_ws.testing.dialects.generic` (defi-ws' own JSON protocol),
 :mod:`~defi_ws.testing.dialects.binance` (spot and USD-M market streams) and
-:mod:`~defi_ws.testing.dialects.okx` (v5). Pass a :class:`Dialect` value for a
+:mod:`~defi_ws.testing.dialects.okx` (v5) and
+:mod:`~defi_ws.testing.dialects.hyperliquid`. Pass a :class:`Dialect` value for a
 dialect's defaults, or a configured instance::
 
     ExchangeSimulator(dialect=Dialect.OKX)
@@ -15,6 +16,7 @@ from __future__ import annotations
 from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
 from defi_ws.testing.dialects.binance import BinanceDialect, Product
 from defi_ws.testing.dialects.generic import GenericDialect
+from defi_ws.testing.dialects.hyperliquid import HyperliquidDialect
 from defi_ws.testing.dialects.okx import OkxCredentials, OkxDialect
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Dialect",
     "Event",
     "GenericDialect",
+    "HyperliquidDialect",
     "OkxCredentials",
     "OkxDialect",
     "Product",

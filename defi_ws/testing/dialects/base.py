@@ -52,6 +52,8 @@ class Dialect(enum.Enum):
     OKX = "okx"
     #: Binance USD-M futures market streams (``/public``, ``/market`` endpoints).
     BINANCE_USDM = "binance-usdm"
+    #: Hyperliquid: ``subscriptionResponse`` acks, whole-book ``l2Book`` pushes, JSON ping.
+    HYPERLIQUID = "hyperliquid"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -61,7 +63,7 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, generic, okx
+        from defi_ws.testing.dialects import binance, generic, hyperliquid, okx
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -70,6 +72,8 @@ class Dialect(enum.Enum):
         if self is Dialect.BINANCE_USDM:
             return binance.BinanceDialect(product=binance.Product.USDM,
                                           channels=binance.ALL_CHANNELS)
+        if self is Dialect.HYPERLIQUID:
+            return hyperliquid.HyperliquidDialect()
         return okx.OkxDialect()
 
 
