@@ -20,10 +20,12 @@ name                      class                                  module
 ``binance``               :class:`~.binance.BinanceSpot`          :mod:`.binance`
 ``binance-usdm``          :class:`~.binance.BinanceUsdm`          :mod:`.binance`
 ``okx``                   :class:`~.okx.Okx`                      :mod:`.okx`
+``hyperliquid``           :class:`~.hyperliquid.Hyperliquid`      :mod:`.hyperliquid`
 ========================  =====================================  ==================
 
 Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types` and :mod:`.okx_types` (the ``msgspec`` extra).
+in :mod:`.binance_types`, :mod:`.okx_types` and :mod:`.hyperliquid_types` (the
+``msgspec`` extra).
 """
 
 from __future__ import annotations
@@ -31,15 +33,18 @@ from __future__ import annotations
 from typing import Any
 
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
+from defi_ws.venues.hyperliquid import Hyperliquid
 from defi_ws.venues.okx import Okx
 
-__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Okx", "adapter_for", "parse_spec"]
+__all__ = ["ADAPTERS", "BinanceSpot", "BinanceUsdm", "Hyperliquid", "Okx", "adapter_for",
+           "parse_spec"]
 
 #: Adapter classes by venue name (the prefix of a spec).
 ADAPTERS: dict[str, type[Any]] = {
     "binance": BinanceSpot,
     "binance-usdm": BinanceUsdm,
     "okx": Okx,
+    "hyperliquid": Hyperliquid,
 }
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from defi_ws.heartbeat import TextPing, WsPing
-from defi_ws.venues import ADAPTERS, BinanceSpot, BinanceUsdm, Okx, adapter_for, parse_spec
+from defi_ws.heartbeat import JsonPing, TextPing, WsPing
+from defi_ws.venues import (
+    ADAPTERS,
+    BinanceSpot,
+    BinanceUsdm,
+    Hyperliquid,
+    Okx,
+    adapter_for,
+    parse_spec,
+)
 from defi_ws.venues.binance import UsdmEndpoint
 
 
 def test_registry_names_every_adapter() -> None:
-    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx}
+    assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
+                        "hyperliquid": Hyperliquid}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -45,6 +54,15 @@ def test_okx_specs_keep_topics_with_colons_and_commas() -> None:
     assert isinstance(handler.heartbeat, TextPing)
     assert parse_spec("okx:orders:instType=SPOT,instId=BTC-USDT,account,trades:X-Y") == (
         "okx", ["orders:instType=SPOT,instId=BTC-USDT", "account", "trades:X-Y"])
+
+
+def test_hyperliquid_specs_keep_case_colons_and_options() -> None:
+    handler, topics = adapter_for("hyperliquid:trades:kPEPE,l2Book:BTC,nSigFigs=5,allMids")
+    assert isinstance(handler, Hyperliquid) and isinstance(handler.heartbeat, JsonPing)
+    assert topics == ["trades:kPEPE", "l2Book:BTC,nSigFigs=5", "allMids"]
+    assert parse_spec("hyperliquid:trades:xyz:SP500,bbo:PURR/USDC") == (
+        "hyperliquid", ["trades:xyz:SP500", "bbo:PURR/USDC"])
+    assert handler.url(0) == Hyperliquid.default_url
 
 
 @pytest.mark.parametrize("spec", ["btcusdt@trade", "kraken:XBT/USD", "binance:", "okx: , "])
