@@ -25,13 +25,13 @@ digits become integers, ``true``/``false`` booleans). A coin may hold a colon
   whatever the order of its fields or extra null fields; the topic as the user wrote
   it is given back. An ``error`` whose text carries the request or the subscription
   as JSON (``"Error parsing JSON into valid websocket request: {...}"``) rejects that
-  topic; ``"Already subscribed: {...}"`` / ``"Already unsubscribed: {...}"`` (3P) say
-  the venue is where we want it, so they confirm (*safe choice*: a rejection would make
-  the client drop a topic the venue keeps sending). An error naming no subscription
-  (``"Cannot subscribe to more than 1000 channels."``, ``"Cannot send more than 2000
-  messages per minute."``, 3P) can't be traced to a topic or a connection (a pool
-  shares the handler): it is counted (``untraced_errors``) and logged, and the ack
-  timeout reconnects (*safe choice*).
+  topic; ``"Already subscribed: {...}"`` (3P) and ``"Already unsubscribed: {...}"``
+  (UNCONFIRMED, by symmetry) say the venue is where we want it, so they confirm (*safe
+  choice*: a rejection would make the client drop a topic the venue keeps sending).
+  An error naming no subscription (``"Cannot subscribe to more than 1000
+  channels."``, ``"Cannot send more than 2000 messages per minute."``, 3P) can't be
+  traced to a topic or a connection (a pool shares the handler): it is counted
+  (``untraced_errors``) and logged, and the ack timeout reconnects (*safe choice*).
 * **Heartbeat**: the server closes a connection it has sent nothing to for 60 s;
   ``{"method": "ping"}`` is answered by ``{"channel": "pong"}``. ``heartbeat`` is
   ``JsonPing({"method": "ping"}, b'{"channel":"pong"', 20 s, 10 s)`` (FeedClient's
