@@ -26,12 +26,8 @@ name                      class                                  module
 ``bybit-option``          :class:`~.bybit.BybitOption`            :mod:`.bybit`
 ``coinbase``              :class:`~.coinbase.Coinbase`            :mod:`.coinbase`
 ``kraken``                :class:`~.kraken.Kraken`                :mod:`.kraken`
-========================  =====================================  ==================
-
-Typed ``msgspec`` Structs of each venue's trades, best bid/offer and depth updates are
-in :mod:`.binance_types`, :mod:`.okx_types`, :mod:`.bybit_types`,
-:mod:`.coinbase_types` and :mod:`.kraken_types` (the ``msgspec`` extra).
-"""
+``hyperliquid``           :class:`~.hyperliquid.Hyperliquid`      :mod:`.hyperliquid`
+========================  =====================================  ==========="""
 
 from __future__ import annotations
 
@@ -40,6 +36,7 @@ from typing import Any
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
 from defi_ws.venues.bybit import Bybit, BybitInverse, BybitLinear, BybitOption
 from defi_ws.venues.coinbase import Coinbase
+from defi_ws.venues.hyperliquid import Hyperliquid
 from defi_ws.venues.kraken import Kraken, normalise_topic
 from defi_ws.venues.okx import Okx
 
@@ -52,6 +49,7 @@ __all__ = [
     "BybitLinear",
     "BybitOption",
     "Coinbase",
+    "Hyperliquid",
     "Kraken",
     "Okx",
     "adapter_for",
@@ -69,6 +67,7 @@ ADAPTERS: dict[str, type[Any]] = {
     "bybit-option": BybitOption,
     "coinbase": Coinbase,
     "kraken": Kraken,
+    "hyperliquid": Hyperliquid,
 }
 
 

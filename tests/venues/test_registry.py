@@ -14,6 +14,7 @@ from defi_ws.venues import (
     BybitLinear,
     BybitOption,
     Coinbase,
+    Hyperliquid,
     Kraken,
     Okx,
     adapter_for,
@@ -26,7 +27,8 @@ def test_registry_names_every_adapter() -> None:
     assert ADAPTERS == {"binance": BinanceSpot, "binance-usdm": BinanceUsdm, "okx": Okx,
                         "bybit": Bybit, "bybit-linear": BybitLinear,
                         "bybit-inverse": BybitInverse, "bybit-option": BybitOption,
-                        "coinbase": Coinbase, "kraken": Kraken}
+                        "coinbase": Coinbase, "kraken": Kraken,
+                        "hyperliquid": Hyperliquid}
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
@@ -87,6 +89,15 @@ def test_kraken_specs_are_spelled_canonically() -> None:
     assert topics == ["trade:BTC/USD", "book:ETH/USD", "book:BTC/USD:25"]
     assert handler.url(0) == Kraken.default_url == "wss://ws.kraken.com/v2"
     assert parse_spec("kraken:book:BTC/USD:7") == ("kraken", ["book:BTC/USD:7"])  # as given
+
+
+def test_hyperliquid_specs_keep_case_colons_and_options() -> None:
+    handler, topics = adapter_for("hyperliquid:trades:kPEPE,l2Book:BTC,nSigFigs=5,allMids")
+    assert isinstance(handler, Hyperliquid) and isinstance(handler.heartbeat, JsonPing)
+    assert topics == ["trades:kPEPE", "l2Book:BTC,nSigFigs=5", "allMids"]
+    assert parse_spec("hyperliquid:trades:xyz:SP500,bbo:PURR/USDC") == (
+        "hyperliquid", ["trades:xyz:SP500", "bbo:PURR/USDC"])
+    assert handler.url(0) == Hyperliquid.default_url
 
 
 @pytest.mark.parametrize("spec", ["btcusdt@trade", "bitstamp:btcusd", "binance:", "okx: , "])

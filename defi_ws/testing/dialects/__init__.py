@@ -4,8 +4,9 @@ One module per venue, each a :class:`VenueDialect` the simulator core calls:
 :mod:`~defi_ws.testing.dialects.generic` (defi-ws' own JSON protocol),
 :mod:`~defi_ws.testing.dialects.binance` (spot and USD-M market streams),
 :mod:`~defi_ws.testing.dialects.okx` (v5), :mod:`~defi_ws.testing.dialects.bybit` (v5),
-:mod:`~defi_ws.testing.dialects.coinbase` (Advanced Trade) and
-:mod:`~defi_ws.testing.dialects.kraken` (spot v2). Pass a :class:`Dialect` value for a
+:mod:`~defi_ws.testing.dialects.coinbase` (Advanced Trade),
+:mod:`~defi_ws.testing.dialects.kraken` (spot v2) and
+:mod:`~defi_ws.testing.dialects.hyperliquid`. Pass a :class:`Dialect` value for a
 dialect's defaults, or a configured instance::
 
     ExchangeSimulator(dialect=Dialect.OKX)
@@ -19,6 +20,7 @@ from defi_ws.testing.dialects.binance import BinanceDialect, Product
 from defi_ws.testing.dialects.bybit import BybitCredentials, BybitDialect
 from defi_ws.testing.dialects.coinbase import CoinbaseDialect
 from defi_ws.testing.dialects.generic import GenericDialect
+from defi_ws.testing.dialects.hyperliquid import HyperliquidDialect
 from defi_ws.testing.dialects.kraken import KrakenDialect
 from defi_ws.testing.dialects.okx import OkxCredentials, OkxDialect
 
@@ -30,6 +32,7 @@ __all__ = [
     "Dialect",
     "Event",
     "GenericDialect",
+    "HyperliquidDialect",
     "KrakenDialect",
     "OkxCredentials",
     "OkxDialect",

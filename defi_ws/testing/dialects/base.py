@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "checked_channels",
+__all__ = ["Dialect", "Event", "SlidingWindow", "VenueDialect", "checked_channels",
            "trade_hash"]
 
 
@@ -60,6 +61,8 @@ class Dialect(enum.Enum):
     #: Kraken spot v2 public channels: per-symbol acks, ``{"method": "ping"}``,
     #: ``heartbeat`` messages, books with CRC32 checksums.
     KRAKEN = "kraken"
+    #: Hyperliquid: ``subscriptionResponse`` acks, whole-book ``l2Book`` pushes, JSON ping.
+    HYPERLIQUID = "hyperliquid"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -69,7 +72,15 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, bybit, coinbase, generic, kraken, okx
+        from defi_ws.testing.dialects import (
+            binance,
+            bybit,
+            coinbase,
+            generic,
+            hyperliquid,
+            kraken,
+            okx,
+        )
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -84,6 +95,8 @@ class Dialect(enum.Enum):
             return coinbase.CoinbaseDialect()
         if self is Dialect.KRAKEN:
             return kraken.KrakenDialect()
+        if self is Dialect.HYPERLIQUID:
+            return hyperliquid.HyperliquidDialect()
         return okx.OkxDialect()
 
 
@@ -137,6 +150,40 @@ def checked_channels(channels: Iterable[str], known: Sequence[str]) -> frozenset
 def trade_hash(topic: str, event: int) -> str:
     """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
     return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
+
+
+class SlidingWindow:
+    """At most ``count`` events in any ``window_s`` (a venue's request or message budget).
+
+    Args:
+        count: events allowed per window.
+        window_s: the window, in seconds of ``time.monotonic()``.
+    """
+
+    __slots__ = ("_times", "count", "window_s")
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def take(self, now: float | None = None) -> bool:
+        """Count one event at ``now`` if the window has room.
+
+        Args:
+            now: ``time.monotonic()`` of the event (default: now).
+
+        Returns:
+            True if it was counted, False if the window is full (nothing counted).
+        """
+        now = time.monotonic() if now is None else now
+        times = self._times
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) < self.count:
+            times.append(now)
+            return True
+        return False
 
 
 class VenueDialect:

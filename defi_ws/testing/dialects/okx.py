@@ -50,14 +50,19 @@ import hashlib
 import hmac
 import re
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, checked_channels
+from defi_ws.testing.dialects.base import (
+    Dialect,
+    Event,
+    SlidingWindow,
+    VenueDialect,
+    checked_channels,
+)
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -141,7 +146,7 @@ class OkxCredentials:
 class _State:
     endpoint: str = "public"
     last_activity: float = 0.0
-    requests: deque[float] = field(default_factory=deque)
+    requests: SlidingWindow | None = None
 
 
 class OkxDialect(VenueDialect):
@@ -201,9 +206,11 @@ class OkxDialect(VenueDialect):
         """Note the endpoint; start the idle clock."""
         path = conn.path.partition("?")[0].rstrip("/")
         endpoint = path.rsplit("/", 1)[-1] if path.startswith("/ws/v5/") else "public"
-        conn.dialect_state = _State(endpoint=endpoint, last_activity=time.monotonic())
+        budget = self.request_budget
+        state = _State(endpoint=endpoint, last_activity=time.monotonic(),
+                       requests=None if budget is None else SlidingWindow(*budget))
+        conn.dialect_state = state
         if self.idle_timeout_s is not None:
-            state = conn.dialect_state
             self.close_when_idle(conn, self.idle_timeout_s, IDLE_CLOSE,
                                  lambda: max(state.last_activity, conn.last_sent_at))
 
@@ -295,16 +302,8 @@ class OkxDialect(VenueDialect):
         return None
 
     def _within_budget(self, conn: SimConnection, head: dict[str, Any]) -> bool:
-        budget = self.request_budget
-        if budget is None:
-            return True
-        count, window_s = budget
-        now = time.monotonic()
-        times = self._state(conn).requests
-        while times and now - times[0] >= window_s:
-            times.popleft()
-        if len(times) < count:
-            times.append(now)
+        window = self._state(conn).requests
+        if window is None or window.take():
             return True
         self.budget_violations += 1
         self._error(conn, head, "60014", "Requests too frequent.")
