@@ -1,7 +1,9 @@
 """Venue adapters: handlers that know one venue's protocol, limits and rules.
 
 Each adapter is an :class:`~defi_ws.handler.ExchangeHandler` for
-:class:`~defi_ws.client.FeedClient` and :class:`~defi_ws.pool.FeedPool` that declares
+:class:`~defi_ws.client.FeedClient` and :class:`~defi_ws.pool.FeedPool`, built on
+:class:`~defi_ws.venues._adapter.VenueAdapter` (the URL, decode, limits, dedup and
+``on_data`` plumbing they share), that declares
 the venue's ``limits`` (:class:`~defi_ws.handler.VenueLimits`), its pool
 de-duplication (``dedup``), its recommended ``heartbeat`` (FeedClient's default with
 it), its acks and notices (``classify``) and raw-byte ``control_prefixes`` tight enough
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from defi_ws.venues._adapter import VenueAdapter
 from defi_ws.venues.binance import BinanceSpot, BinanceUsdm, usdm_endpoint
 from defi_ws.venues.bybit import Bybit, BybitInverse, BybitLinear, BybitOption
 from defi_ws.venues.coinbase import Coinbase
@@ -52,12 +55,13 @@ __all__ = [
     "Hyperliquid",
     "Kraken",
     "Okx",
+    "VenueAdapter",
     "adapter_for",
     "parse_spec",
 ]
 
 #: Adapter classes by venue name (the prefix of a spec).
-ADAPTERS: dict[str, type[Any]] = {
+ADAPTERS: dict[str, type[VenueAdapter]] = {
     "binance": BinanceSpot,
     "binance-usdm": BinanceUsdm,
     "okx": Okx,
@@ -113,7 +117,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return venue, list(dict.fromkeys(topics))
 
 
-def adapter_for(spec: str, **options: Any) -> tuple[Any, list[str]]:
+def adapter_for(spec: str, **options: Any) -> tuple[VenueAdapter, list[str]]:
     """The handler and topics for a spec like ``"binance:btcusdt@trade"``.
 
     ``binance-usdm`` picks the endpoint of the split (``/public`` or ``/market``) from

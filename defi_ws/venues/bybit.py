@@ -84,7 +84,7 @@ import orjson
 
 from defi_ws.handler import Ack, AuthReply, Control, DedupSpec, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, JsonPing
-from defi_ws.urls import check_url, redact_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "BASE_URL",
@@ -238,7 +238,7 @@ class _Request:
     topics: list[str]
 
 
-class Bybit:
+class Bybit(VenueAdapter):
     """A Bybit v5 handler, spot by default (see the module docstring).
 
     Args:
@@ -292,23 +292,15 @@ class Bybit:
         self.product = BybitProduct(product if product is not None else self.default_product)
         if self.product is BybitProduct.PRIVATE and credentials is None:
             raise ValueError("the PRIVATE endpoint needs credentials")
-        self._url = check_url(url or BASE_URL + self.product.path, what="Bybit url")
-        self._on_data = on_data
+        if max_topics_per_message is None:
+            max_topics_per_message = MAX_ARGS[self.product]
+        super().__init__(url or BASE_URL + self.product.path, on_data=on_data, decode=decode,
+                         max_topics_per_message=max_topics_per_message,
+                         limits=LIMITS[self.product] if limits is None else limits,
+                         dedup=dedup)
         self._credentials = credentials
         self._auth_window_s = auth_window_s
         self._clock = clock
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if max_topics_per_message is None:
-            max_topics_per_message = MAX_ARGS[self.product]
-        if not (isinstance(max_topics_per_message, int) and max_topics_per_message >= 1):
-            raise ValueError("max_topics_per_message must be an int >= 1")
-        self.max_topics_per_message = max_topics_per_message
-        self.limits = LIMITS[self.product] if limits is None else limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
         self.heartbeat = (
             heartbeat_for(self.product) if heartbeat is None else heartbeat)
         self._next_id = 0
@@ -316,18 +308,10 @@ class Bybit:
         #: Refusals that matched no request (logged, otherwise ignored).
         self.untraced_errors = 0
 
-    def __repr__(self) -> str:
-        auth = ", auth" if self._credentials is not None else ""
-        return f"{type(self).__name__}(url={redact_url(self._url)!r}{auth})"
+    def _repr_details(self) -> str:
+        return ", auth" if self._credentials is not None else ""
 
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
-
-    def on_connection(self) -> None:
-        """Nothing per connection: request ids are unique across connections."""
 
     def auth_messages(self) -> Sequence[Any]:
         """The auth request when credentials were given."""
@@ -418,16 +402,6 @@ class Bybit:
         else:
             topic = getattr(message, "topic", None)
         return topic if isinstance(topic, str) else None
-
-    def on_message(self, message: Any) -> None:
-        """Hand a push to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message
 
 
 class BybitLinear(Bybit):

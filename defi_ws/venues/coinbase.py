@@ -102,12 +102,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from defi_ws.handler import Ack, Control, DedupSpec, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.sequence import Gap
-from defi_ws.urls import check_url, redact_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "DEDUP",
@@ -238,7 +236,7 @@ class _Request:
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
-class Coinbase:
+class Coinbase(VenueAdapter):
     """A Coinbase Advanced Trade handler (see the module docstring).
 
     Args:
@@ -298,23 +296,13 @@ class Coinbase:
         request_expiry_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._url = check_url(url or DEFAULT_URL, what="Coinbase url")
-        self._on_data = on_data
+        super().__init__(url or DEFAULT_URL, on_data=on_data, decode=decode,
+                         max_topics_per_message=max_topics_per_message, limits=limits,
+                         dedup=dedup)
         self._jwt = jwt
         self.heartbeats = heartbeats
         self._on_gap = on_gap
         self.tracks_sequences = check_sequence
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if not (isinstance(max_topics_per_message, int) and max_topics_per_message >= 1):
-            raise ValueError("max_topics_per_message must be an int >= 1")
-        self.max_topics_per_message = max_topics_per_message
-        if limits is not None:
-            self.limits = limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
         self._expiry_s = request_expiry_s
         self._clock = clock
         self._requests: deque[_Request] = deque()
@@ -327,25 +315,16 @@ class Coinbase:
         self.regressions = 0
         self.untraced_errors = 0
 
-    def __repr__(self) -> str:
-        auth = ", jwt" if self._jwt is not None else ""
-        return f"Coinbase(url={redact_url(self._url)!r}{auth})"
+    def _repr_details(self) -> str:
+        return ", jwt" if self._jwt is not None else ""
 
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
 
     def on_connection(self) -> None:
         """A new connection: its ``sequence_num`` starts again; heartbeats to subscribe."""
         self._last_seq = None
         self._breaks = []
         self._heartbeats_sent = False
-
-    def auth_messages(self) -> Sequence[Any]:
-        """No login message: the JWT travels in every request."""
-        return ()
 
     def _build(self, topics: Sequence[str], unsubscribe: bool) -> list[dict[str, Any]]:
         by_channel: dict[str, list[str]] = {}
@@ -502,13 +481,3 @@ class Coinbase:
     def topic_of(self, message: Any) -> str | None:
         """The topic of a data message (see :func:`topic_of`)."""
         return topic_of(message)
-
-    def on_message(self, message: Any) -> None:
-        """Hand a data message to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message

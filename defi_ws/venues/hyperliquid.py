@@ -73,7 +73,7 @@ import orjson
 
 from defi_ws.handler import Ack, Control, DedupSpec, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, JsonPing
-from defi_ws.urls import check_url, redact_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "LIMITS",
@@ -162,7 +162,7 @@ def _embedded(text: str) -> dict[str, Any] | None:
     return found if type(found) is dict else None
 
 
-class Hyperliquid:
+class Hyperliquid(VenueAdapter):
     """A Hyperliquid handler (see the module docstring).
 
     Args:
@@ -206,35 +206,13 @@ class Hyperliquid:
         dedup: DedupSpec | bool | None = True,
     ) -> None:
         default = TESTNET_URL if testnet else MAINNET_URL
-        self._url = check_url(url or default, what="Hyperliquid url")
-        self._on_data = on_data
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if limits is not None:
-            self.limits = limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
+        super().__init__(url or default, on_data=on_data, decode=decode,
+                         max_topics_per_message=None, limits=limits, dedup=dedup)
         self._given: dict[str, str] = {}
         #: Error replies that named no subscription (logged, otherwise ignored).
         self.untraced_errors = 0
 
-    def __repr__(self) -> str:
-        return f"Hyperliquid(url={redact_url(self._url)!r})"
-
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
-
-    def on_connection(self) -> None:
-        """Nothing per connection: acks name their subscription."""
-
-    def auth_messages(self) -> Sequence[Any]:
-        """Subscriptions need no login."""
-        return ()
 
     def _requests(self, method: str, topics: Sequence[str]) -> list[dict[str, Any]]:
         out = []
@@ -313,13 +291,3 @@ class Hyperliquid:
             return f"{channel}:{coin}"
         dex = data.get("dex")
         return f"{channel}:dex={dex}" if isinstance(dex, str) and dex else channel
-
-    def on_message(self, message: Any) -> None:
-        """Hand a push to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message

@@ -84,11 +84,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from defi_ws.handler import Ack, Control, DedupSpec, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, JsonPing
-from defi_ws.urls import check_url, redact_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "BOOK_DEPTHS",
@@ -177,7 +175,7 @@ class _Request:
     pending: dict[str, str] = field(default_factory=dict)
 
 
-class Kraken:
+class Kraken(VenueAdapter):
     """A Kraken spot v2 public market-data handler (see the module docstring).
 
     Args:
@@ -226,19 +224,9 @@ class Kraken:
         dedup: DedupSpec | bool | None = True,
         trade_snapshot: bool = False,
     ) -> None:
-        self._url = check_url(url or URL, what="Kraken url")
-        self._on_data = on_data
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if not (isinstance(max_topics_per_message, int) and max_topics_per_message >= 1):
-            raise ValueError("max_topics_per_message must be an int >= 1")
-        self.max_topics_per_message = max_topics_per_message
-        if limits is not None:
-            self.limits = limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
+        super().__init__(url or URL, on_data=on_data, decode=decode,
+                         max_topics_per_message=max_topics_per_message, limits=limits,
+                         dedup=dedup)
         self.trade_snapshot = trade_snapshot
         self._next_id = 0
         self._requests: OrderedDict[int, _Request] = OrderedDict()
@@ -247,21 +235,7 @@ class Kraken:
         self.untraced_errors = 0
         self.rate_errors = 0
 
-    def __repr__(self) -> str:
-        return f"Kraken(url={redact_url(self._url)!r})"
-
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
-
-    def on_connection(self) -> None:
-        """Nothing per connection: request ids are unique across connections."""
-
-    def auth_messages(self) -> Sequence[Any]:
-        """Public market data needs no token."""
-        return ()
 
     def _request(self, method: str, group: tuple[str, int | None],
                  topics: Sequence[str]) -> dict[str, Any]:
@@ -390,13 +364,3 @@ class Kraken:
         if not (isinstance(channel, str) and isinstance(symbol, str)):
             return None
         return self._topics.get((channel, symbol)) or to_topic(channel, symbol)
-
-    def on_message(self, message: Any) -> None:
-        """Hand a data message to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message

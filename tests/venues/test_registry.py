@@ -17,6 +17,7 @@ from defi_ws.venues import (
     Hyperliquid,
     Kraken,
     Okx,
+    VenueAdapter,
     adapter_for,
     parse_spec,
 )
@@ -32,6 +33,17 @@ def test_registry_names_every_adapter() -> None:
     for name, adapter in ADAPTERS.items():
         assert adapter.venue == name
         assert adapter.limits.problems() == []
+
+
+def test_every_adapter_is_a_venue_adapter_that_redacts_its_url() -> None:
+    for adapter in ADAPTERS.values():
+        assert issubclass(adapter, VenueAdapter)
+    handler, _ = adapter_for("kraken:trade:BTC/USD", url="wss://k.example/v2?token=SECRET")
+    assert repr(handler).startswith("Kraken(url=") and "SECRET" not in repr(handler)
+    assert handler.url(0) == "wss://k.example/v2?token=SECRET"
+    received: list[object] = []
+    handler, _ = adapter_for("okx:trades:BTC-USDT", on_data=received.append)
+    assert handler.data_sink == received.append and handler.auth_messages() == ()
 
 
 def test_binance_specs() -> None:
