@@ -56,6 +56,25 @@ rates, sequences, faults and stats are per key:
   ``60012``. ``OkxDialect(...)`` adds bbo-tbt, books5, books and the private orders
   channel, HMAC login, the 30 s idle cut and the hourly request budget.
 
+* ``Dialect.BYBIT`` (key: the Bybit topic, e.g. ``"publicTrade.BTCUSDT"``; see
+  :mod:`~defi_ws.testing.dialects.bybit`)::
+
+    -> {"req_id": "7", "op": "subscribe", "args": ["publicTrade.BTCUSDT"]}
+    <- {"success": true, "ret_msg": "subscribe", "conn_id": "...", "req_id": "7",
+        "op": "subscribe"}                        (one reply per request, spot)
+    -> {"op": "ping"}    <- {"success": true, "ret_msg": "pong", ..., "op": "ping"}
+
+  ``BybitDialect(...)`` picks the product (reply and pong shapes, option's per-topic
+  ``COMMAND_RESP``), adds the private endpoint with ``op: auth``, the idle cut and
+  Bybit's request limits; books stream a snapshot then ``u``-numbered deltas. Bybit
+  documents no shutdown notice: don't combine it with ``notice_before_s``.
+
+* ``Dialect.KRAKEN`` (key: ``"<channel>:<symbol>"``, e.g. ``"book:BTC/USD"``; see
+  :mod:`~defi_ws.testing.dialects.kraken`): spot v2 ``trade``, ``ticker`` and ``book``
+  (real books with CRC32 checksums), one ack per symbol, ``{"method": "ping"}``,
+  ``status`` on connect, ``heartbeat`` messages, an optional idle cut; no shutdown
+  notice (Kraken drops connections unannounced).
+
 The core's ``api_key`` login is only part of the generic protocol (OKX's login is
 configured on :class:`~defi_ws.testing.dialects.OkxDialect`).
 

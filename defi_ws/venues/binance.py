@@ -82,7 +82,8 @@ import orjson
 
 from defi_ws.handler import Ack, Control, DedupSpec, Notice, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
-from defi_ws.urls import check_url, redact_url
+from defi_ws.urls import check_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "SPOT_URL",
@@ -278,7 +279,7 @@ class _Request:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (topic, why)
 
 
-class _Binance:
+class _Binance(VenueAdapter):
     """What spot and USD-M share; use :class:`BinanceSpot` or :class:`BinanceUsdm`."""
 
     control_prefixes: tuple[bytes, ...] | None = (
@@ -301,41 +302,17 @@ class _Binance:
         track_sequences: bool,
         validate_streams: bool,
     ) -> None:
-        self._url = url
+        super().__init__(url, on_data=on_data, decode=decode,
+                         max_topics_per_message=max_topics_per_message, limits=limits,
+                         dedup=dedup)
         self._validate = validate_streams
-        self._on_data = on_data
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if not (isinstance(max_topics_per_message, int) and max_topics_per_message >= 1):
-            raise ValueError("max_topics_per_message must be an int >= 1")
-        self.max_topics_per_message = max_topics_per_message
-        if limits is not None:
-            self.limits = limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
         self.tracks_sequences = track_sequences
         self._next_id = 0
         self._requests: OrderedDict[int, _Request] = OrderedDict()
         #: Error replies that named no request (logged, otherwise ignored).
         self.untraced_errors = 0
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={redact_url(self._url)!r})"
-
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
-
-    def on_connection(self) -> None:
-        """Nothing per connection: request ids are unique across connections."""
-
-    def auth_messages(self) -> Sequence[Any]:
-        """Market streams need no login."""
-        return ()
 
     def _misplaced(self, topic: str) -> str | None:
         """Why this handler won't send ``topic`` (None: it will)."""
@@ -412,16 +389,6 @@ class _Binance:
         """``(stream, t)`` of a trade, ``(stream, a)`` of an aggregate trade."""
         return _sequence(message)
 
-    def on_message(self, message: Any) -> None:
-        """Hand a data message to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message
-
 
 def _describe(error: Any) -> str:
     if isinstance(error, dict):
@@ -472,7 +439,7 @@ class BinanceSpot(_Binance):
     ) -> None:
         if url is None:
             url = SPOT_URL + ("/stream" if combined else "/ws")
-        super().__init__(check_url(url, what="BinanceSpot url"), on_data=on_data,
+        super().__init__(url, on_data=on_data,
                          decode=decode, max_topics_per_message=max_topics_per_message,
                          limits=limits, dedup=dedup, track_sequences=track_sequences,
                          validate_streams=validate_streams)

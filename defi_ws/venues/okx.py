@@ -69,11 +69,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from defi_ws.handler import Ack, AuthReply, Control, DedupSpec, Notice, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, TextPing
-from defi_ws.urls import check_url, redact_url
+from defi_ws.venues._adapter import VenueAdapter
 
 __all__ = [
     "BASE_URL",
@@ -173,7 +171,7 @@ def to_topic(arg: Any) -> str | None:
     return channel + ":" + ",".join(f"{k}={rest[k]}" for k in sorted(rest))
 
 
-class Okx:
+class Okx(VenueAdapter):
     """An OKX v5 handler (see the module docstring).
 
     Args:
@@ -219,38 +217,20 @@ class Okx:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = OkxEndpoint(endpoint)
-        self._url = check_url(url or f"{BASE_URL}/{self.endpoint.value}", what="Okx url")
-        self._on_data = on_data
+        super().__init__(url or f"{BASE_URL}/{self.endpoint.value}", on_data=on_data,
+                         decode=decode, max_topics_per_message=max_topics_per_message,
+                         limits=limits, dedup=dedup)
         self._credentials = credentials
         self._clock = clock
-        self.decode: Callable[[memoryview], Any] | None = (
-            orjson.loads if decode is None else decode)
-        if not (isinstance(max_topics_per_message, int) and max_topics_per_message >= 1):
-            raise ValueError("max_topics_per_message must be an int >= 1")
-        self.max_topics_per_message = max_topics_per_message
-        if limits is not None:
-            self.limits = limits
-        if isinstance(dedup, DedupSpec):
-            self.dedup = dedup
-        elif dedup is False or dedup is None:
-            self.dedup = None
         self._next_id = 0
         self._unanswered: OrderedDict[str, list[str]] = OrderedDict()
         #: Error events that matched no request and no login (delivered as data).
         self.untraced_errors = 0
 
-    def __repr__(self) -> str:
-        login = ", login" if self._credentials is not None else ""
-        return f"Okx(url={redact_url(self._url)!r}{login})"
+    def _repr_details(self) -> str:
+        return ", login" if self._credentials is not None else ""
 
     # ------------------------------------------------------------ connection
-
-    def url(self, attempt: int) -> str:
-        """The endpoint URL."""
-        return self._url
-
-    def on_connection(self) -> None:
-        """Nothing per connection: request ids are unique across connections."""
 
     def auth_messages(self) -> Sequence[Any]:
         """The login request when credentials were given."""
@@ -323,13 +303,3 @@ class Okx:
         arg = getattr(message, "arg", None)
         topic = getattr(arg, "topic", None)
         return topic() if callable(topic) else None
-
-    def on_message(self, message: Any) -> None:
-        """Hand a push to ``on_data``."""
-        if self._on_data is not None:
-            self._on_data(message)
-
-    @property
-    def data_sink(self) -> Callable[[Any], object]:
-        """``on_data`` itself (one Python call per message)."""
-        return self._on_data if self._on_data is not None else self.on_message

@@ -8,7 +8,6 @@ notices, the request budget), on asyncio and uvloop.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -31,7 +30,14 @@ from defi_ws.testing.dialects import OkxDialect
 from defi_ws.testing.dialects import okx as sim_okx
 from defi_ws.venues import okx, okx_types
 from defi_ws.venues.okx import Okx, OkxCredentials
-from venues.support import IdLog, load_fixture, until, wire
+from venues.support import (
+    Pushes,
+    idle_cut_of_the_silent_client,
+    load_fixture,
+    ping_timeout_then_recovery,
+    until,
+    wire,
+)
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
 #: Scaled down: OKX cuts after 30 s idle and wants a ping every < 30 s.
@@ -173,25 +179,19 @@ def okx_sim(**kwargs: Any) -> ExchangeSimulator:
     return ExchangeSimulator(dialect=dialect, **kwargs)
 
 
-class Pushes(IdLog):
-    """Trade ids per topic and every push, as delivered."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pushes: list[Any] = []
-
-    def on_data(self, message: Any) -> None:
-        self.pushes.append(message)
-        if message.get("arg", {}).get("channel") == "trades":
-            for trade in message["data"]:
-                self.add(okx.to_topic(message["arg"]) or "", int(trade["tradeId"]))
+def trade_ids(message: Any) -> list[tuple[str, int]]:
+    """``(topic, tradeId)`` of each trade of a ``trades`` push."""
+    if message.get("arg", {}).get("channel") != "trades":
+        return []
+    topic = okx.to_topic(message["arg"]) or ""
+    return [(topic, int(trade["tradeId"])) for trade in message["data"]]
 
 
 TOPICS = ["trades:BTC-USDT", "bbo-tbt:BTC-USDT", "books:ETH-USDT"]
 
 
 async def test_client_acks_per_arg_refusals_and_text_pongs() -> None:
-    pushes = Pushes()
+    pushes = Pushes(trade_ids)
     rejected: list[tuple[str, str]] = []
     async with okx_sim(rate_per_s=50, reject_topics={"trades:ETH-USDT"}) as sim:
         handler = Okx(url=sim.url + "ws/v5/public", on_data=pushes.on_data)
@@ -215,41 +215,26 @@ async def test_client_acks_per_arg_refusals_and_text_pongs() -> None:
 
 
 async def test_pongs_withheld_are_a_ping_timeout() -> None:
-    disconnects: list[Disconnect] = []
     async with okx_sim(rate_per_s=20) as sim:
         handler = Okx(url=sim.url + "ws/v5/public")
-        client = FeedClient(handler, topics=["trades:BTC-USDT"], heartbeat=PING,
-                            on_disconnected=disconnects.append, **FAST)
-        async with client:
-            await client.wait_live(20)
-            sim.withhold_pongs()
-            await until(lambda: disconnects != [])
-            sim.withhold_pongs(False)
-            await client.wait_live(20)
+        disconnects = await ping_timeout_then_recovery(sim, handler, "trades:BTC-USDT",
+                                                       PING, **FAST)
     assert disconnects[0].reason is DisconnectReason.PING_TIMEOUT
 
 
 async def test_the_text_ping_keeps_a_quiet_connection_past_the_idle_cut() -> None:
     async with okx_sim(rate_per_s=0, idle_timeout_s=1.5) as sim:
         pinging, silent = (Okx(url=sim.url + "ws/v5/public") for _ in range(2))
-        lost: list[Disconnect] = []
-        async with FeedClient(pinging, topics=["trades:BTC-USDT"], heartbeat=PING,
-                              **FAST) as alive, \
-                FeedClient(silent, topics=["trades:SOL-USDT"], heartbeat=NoPing(),
-                           on_disconnected=lost.append, **FAST) as quiet:
-            await alive.wait_live(20)
-            await quiet.wait_live(20)
-            await until(lambda: lost != [])
-            await asyncio.sleep(2.0)
-            assert alive.snapshot()["disconnects"] == {}
-    assert lost[0].reason is DisconnectReason.PEER_CLOSE
-    assert lost[0].close_code == sim_okx.IDLE_CLOSE[0]
+        lost = await idle_cut_of_the_silent_client(
+            pinging, silent, ("trades:BTC-USDT", "trades:SOL-USDT"), PING, **FAST)
+    assert lost.reason is DisconnectReason.PEER_CLOSE
+    assert lost.close_code == sim_okx.IDLE_CLOSE[0]
 
 
 async def test_login_then_private_channel_and_no_secret_in_logs(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="defi_ws")
-    pushes = Pushes()
+    pushes = Pushes(trade_ids)
     async with okx_sim(rate_per_s=20) as sim:
         handler = Okx("private", url=sim.url + "ws/v5/private", credentials=CREDS,
                       on_data=pushes.on_data)
@@ -277,7 +262,7 @@ async def test_a_refused_login_is_fatal() -> None:
 
 
 async def test_pool_rotates_on_notice_64008_without_gap_or_duplicate() -> None:
-    pushes = Pushes()
+    pushes = Pushes(trade_ids)
     disconnects: list[Disconnect] = []
     async with okx_sim(rate_per_s=200) as sim:
         handler = Okx(url=sim.url + "ws/v5/public", on_data=pushes.on_data)
@@ -300,7 +285,7 @@ async def test_pool_rotates_on_notice_64008_without_gap_or_duplicate() -> None:
 
 
 async def test_redundant_pool_delivers_each_push_once() -> None:
-    pushes = Pushes()
+    pushes = Pushes(trade_ids)
     async with okx_sim(rate_per_s=200) as sim:
         handler = Okx(url=sim.url + "ws/v5/public", on_data=pushes.on_data)
         async with FeedPool(handler, topics=TOPICS, redundancy=2,
@@ -318,7 +303,7 @@ async def test_redundant_pool_delivers_each_push_once() -> None:
 
 async def test_the_pool_never_hits_the_venues_limits() -> None:
     """OKX's rules scaled down: the request budget, topics, connection rate, notices."""
-    pushes = Pushes()
+    pushes = Pushes(trade_ids)
     # 12 requests in any 6 s per connection (OKX: 480 an hour): burst 4 + 1/s * 6 = 10.
     # (The connection rate is one below the venue's: the venue counts a connection when
     # its upgrade completes, the pool when it starts it.)

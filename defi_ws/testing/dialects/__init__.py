@@ -2,8 +2,11 @@
 
 One module per venue, each a :class:`VenueDialect` the simulator core calls:
 :mod:`~defi_ws.testing.dialects.generic` (defi-ws' own JSON protocol),
-:mod:`~defi_ws.testing.dialects.binance` (spot and USD-M market streams) and
-:mod:`~defi_ws.testing.dialects.okx` (v5). Pass a :class:`Dialect` value for a
+:mod:`~defi_ws.testing.dialects.binance` (spot and USD-M market streams),
+:mod:`~defi_ws.testing.dialects.okx` (v5), :mod:`~defi_ws.testing.dialects.bybit` (v5),
+:mod:`~defi_ws.testing.dialects.coinbase` (Advanced Trade),
+:mod:`~defi_ws.testing.dialects.kraken` (spot v2) and
+:mod:`~defi_ws.testing.dialects.hyperliquid`. Pass a :class:`Dialect` value for a
 dialect's defaults, or a configured instance::
 
     ExchangeSimulator(dialect=Dialect.OKX)
@@ -14,14 +17,23 @@ from __future__ import annotations
 
 from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
 from defi_ws.testing.dialects.binance import BinanceDialect, Product
+from defi_ws.testing.dialects.bybit import BybitCredentials, BybitDialect
+from defi_ws.testing.dialects.coinbase import CoinbaseDialect
 from defi_ws.testing.dialects.generic import GenericDialect
+from defi_ws.testing.dialects.hyperliquid import HyperliquidDialect
+from defi_ws.testing.dialects.kraken import KrakenDialect
 from defi_ws.testing.dialects.okx import OkxCredentials, OkxDialect
 
 __all__ = [
     "BinanceDialect",
+    "BybitCredentials",
+    "BybitDialect",
+    "CoinbaseDialect",
     "Dialect",
     "Event",
     "GenericDialect",
+    "HyperliquidDialect",
+    "KrakenDialect",
     "OkxCredentials",
     "OkxDialect",
     "Product",

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import ExchangeSimulator, SimConnection
 
-__all__ = ["Dialect", "Event", "VenueDialect", "trade_hash"]
+__all__ = ["Dialect", "Event", "SlidingWindow", "VenueDialect", "checked_channels",
+           "trade_hash"]
 
 
 class Dialect(enum.Enum):
@@ -48,6 +52,17 @@ class Dialect(enum.Enum):
     OKX = "okx"
     #: Binance USD-M futures market streams (``/public``, ``/market`` endpoints).
     BINANCE_USDM = "binance-usdm"
+    #: Bybit v5 public streams: ``op`` requests with ``req_id``, ``success`` replies,
+    #: ``{"op":"ping"}`` heartbeats (see :mod:`~defi_ws.testing.dialects.bybit`).
+    BYBIT = "bybit"
+    #: Coinbase Advanced Trade: one channel per subscribe, ``subscriptions`` replies,
+    #: per-connection ``sequence_num``, the ``heartbeats`` channel.
+    COINBASE = "coinbase"
+    #: Kraken spot v2 public channels: per-symbol acks, ``{"method": "ping"}``,
+    #: ``heartbeat`` messages, books with CRC32 checksums.
+    KRAKEN = "kraken"
+    #: Hyperliquid: ``subscriptionResponse`` acks, whole-book ``l2Book`` pushes, JSON ping.
+    HYPERLIQUID = "hyperliquid"
 
     def implementation(self) -> VenueDialect:
         """A new dialect object with this value's defaults.
@@ -57,7 +72,15 @@ class Dialect(enum.Enum):
         configure a :class:`~defi_ws.testing.dialects.BinanceDialect` or
         :class:`~defi_ws.testing.dialects.OkxDialect` for more.
         """
-        from defi_ws.testing.dialects import binance, generic, okx
+        from defi_ws.testing.dialects import (
+            binance,
+            bybit,
+            coinbase,
+            generic,
+            hyperliquid,
+            kraken,
+            okx,
+        )
 
         if self is Dialect.GENERIC:
             return generic.GenericDialect()
@@ -66,6 +89,14 @@ class Dialect(enum.Enum):
         if self is Dialect.BINANCE_USDM:
             return binance.BinanceDialect(product=binance.Product.USDM,
                                           channels=binance.ALL_CHANNELS)
+        if self is Dialect.BYBIT:
+            return bybit.BybitDialect()
+        if self is Dialect.COINBASE:
+            return coinbase.CoinbaseDialect()
+        if self is Dialect.KRAKEN:
+            return kraken.KrakenDialect()
+        if self is Dialect.HYPERLIQUID:
+            return hyperliquid.HyperliquidDialect()
         return okx.OkxDialect()
 
 
@@ -96,9 +127,63 @@ class Event:
     per_connection: bool
 
 
+def checked_channels(channels: Iterable[str], known: Sequence[str]) -> frozenset[str]:
+    """A dialect's ``channels`` argument as a set, checked against those it knows.
+
+    Args:
+        channels: the channels the dialect is asked to serve.
+        known: every channel the dialect can serve.
+
+    Returns:
+        The chosen channels.
+
+    Raises:
+        ValueError: none given, or one not in ``known``.
+    """
+    chosen = frozenset(channels)
+    unknown = chosen - set(known)
+    if unknown or not chosen:
+        raise ValueError(f"channels must be among {tuple(known)}, got {sorted(unknown)}")
+    return chosen
+
+
 def trade_hash(topic: str, event: int) -> str:
     """A unique, non-monotonic trade id for event number ``event`` of ``topic``."""
     return hashlib.blake2b(f"{topic}\0{event}".encode(), digest_size=8).hexdigest()
+
+
+class SlidingWindow:
+    """At most ``count`` events in any ``window_s`` (a venue's request or message budget).
+
+    Args:
+        count: events allowed per window.
+        window_s: the window, in seconds of ``time.monotonic()``.
+    """
+
+    __slots__ = ("_times", "count", "window_s")
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def take(self, now: float | None = None) -> bool:
+        """Count one event at ``now`` if the window has room.
+
+        Args:
+            now: ``time.monotonic()`` of the event (default: now).
+
+        Returns:
+            True if it was counted, False if the window is full (nothing counted).
+        """
+        now = time.monotonic() if now is None else now
+        times = self._times
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) < self.count:
+            times.append(now)
+            return True
+        return False
 
 
 class VenueDialect:
@@ -109,6 +194,7 @@ class VenueDialect:
         draws_side: whether the stream generator draws :attr:`Event.flip` (kept per
             dialect so seeded streams stay what they were).
         supports_login: whether the core's ``api_key``/``api_secret`` login applies.
+        idle_cuts: connections closed by :meth:`close_when_idle`.
     """
 
     kind: Dialect
@@ -117,6 +203,7 @@ class VenueDialect:
 
     def __init__(self) -> None:
         self._sim: ExchangeSimulator | None = None
+        self.idle_cuts = 0
 
     @property
     def sim(self) -> ExchangeSimulator:
@@ -173,6 +260,45 @@ class VenueDialect:
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``conn`` broke the inbound rate; the core closes it with 1008 after this."""
+
+    def close_when_idle(
+        self,
+        conn: SimConnection,
+        timeout_s: float,
+        close: tuple[int, str],
+        last_activity: Callable[[], float] | None = None,
+    ) -> None:
+        """Close ``conn`` once it has been idle for ``timeout_s`` (a venue's idle cut).
+
+        Call it from :meth:`opened`; the check re-arms itself until the cut or the
+        connection's end. Each cut counts in :attr:`idle_cuts`.
+
+        Args:
+            conn: the connection, just opened.
+            timeout_s: the idle allowance.
+            close: the close code and reason (the reason becomes ``conn.cut_reason``).
+            last_activity: ``time.monotonic()`` of the connection's last activity as the
+                venue counts it (default: the last message sent to it,
+                ``conn.last_sent_at``).
+        """
+        def last_sent() -> float:
+            return conn.last_sent_at
+
+        since = last_sent if last_activity is None else last_activity
+
+        def check() -> None:
+            if not conn.open:
+                return
+            idle_s = time.monotonic() - since()
+            if idle_s < timeout_s:
+                conn._later(timeout_s - idle_s, check)
+                return
+            self.idle_cuts += 1
+            conn.cut_reason = close[1]
+            conn.close(*close)
+            self.sim._notify()
+
+        conn._later(timeout_s, check)
 
     # ------------------------------------------------------------ server messages
 

@@ -61,7 +61,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect, checked_channels
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -142,10 +142,7 @@ class BinanceDialect(VenueDialect):
     ) -> None:
         super().__init__()
         self.product = Product(product)
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = checked_channels(channels, ALL_CHANNELS)
         if ping_interval_s is not None and not ping_interval_s > 0:
             raise ValueError("ping_interval_s must be > 0 or None")
         usdm = self.product is Product.USDM

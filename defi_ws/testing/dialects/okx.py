@@ -63,7 +63,6 @@ import hmac
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -72,7 +71,13 @@ import orjson
 
 from defi_ws.books.checksum import OKX_CHECKSUM_LEVELS, okx_checksum
 from defi_ws.testing.book import BookChange, SimulatedBook
-from defi_ws.testing.dialects.base import Dialect, Event, VenueDialect
+from defi_ws.testing.dialects.base import (
+    Dialect,
+    Event,
+    SlidingWindow,
+    VenueDialect,
+    checked_channels,
+)
 
 if TYPE_CHECKING:
     from defi_ws.testing.simulator import SimConnection
@@ -182,7 +187,7 @@ def _wrong(checksum: int) -> int:
 class _State:
     endpoint: str = "public"
     last_activity: float = 0.0
-    requests: deque[float] = field(default_factory=deque)
+    requests: SlidingWindow | None = None
 
 
 class OkxDialect(VenueDialect):
@@ -200,7 +205,6 @@ class OkxDialect(VenueDialect):
     Attributes:
         checksums: as given.
         logins_ok: successful logins (also counted in the simulator's ``logins_ok``).
-        idle_cuts: connections closed for being idle.
         budget_violations: requests refused for ``request_budget`` (a limit hit).
     """
 
@@ -216,10 +220,7 @@ class OkxDialect(VenueDialect):
         checksums: bool = True,
     ) -> None:
         super().__init__()
-        self.channels = frozenset(channels)
-        unknown = self.channels - set(ALL_CHANNELS)
-        if unknown or not self.channels:
-            raise ValueError(f"channels must be among {ALL_CHANNELS}, got {sorted(unknown)}")
+        self.channels = checked_channels(channels, ALL_CHANNELS)
         if idle_timeout_s is not None and not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be > 0 or None")
         if request_budget is not None and not (
@@ -229,7 +230,6 @@ class OkxDialect(VenueDialect):
         self.idle_timeout_s = idle_timeout_s
         self.request_budget = request_budget
         self.checksums = checksums
-        self.idle_cuts = 0
         self.budget_violations = 0
         self._books: dict[str, _TopicBook] = {}
         self._bad_checksums: dict[str, int] = {}
@@ -254,23 +254,13 @@ class OkxDialect(VenueDialect):
         """Note the endpoint; start the idle clock."""
         path = conn.path.partition("?")[0].rstrip("/")
         endpoint = path.rsplit("/", 1)[-1] if path.startswith("/ws/v5/") else "public"
-        conn.dialect_state = _State(endpoint=endpoint, last_activity=time.monotonic())
+        budget = self.request_budget
+        state = _State(endpoint=endpoint, last_activity=time.monotonic(),
+                       requests=None if budget is None else SlidingWindow(*budget))
+        conn.dialect_state = state
         if self.idle_timeout_s is not None:
-            conn._later(self.idle_timeout_s, lambda: self._check_idle(conn))
-
-    def _check_idle(self, conn: SimConnection) -> None:
-        if not conn.open or self.idle_timeout_s is None:
-            return
-        state = self._state(conn)
-        last = max(state.last_activity, conn.last_sent_at)
-        idle_s = time.monotonic() - last
-        if idle_s >= self.idle_timeout_s:
-            self.idle_cuts += 1
-            conn.cut_reason = IDLE_CLOSE[1]
-            conn.close(*IDLE_CLOSE)
-            self.sim._notify()
-            return
-        conn._later(self.idle_timeout_s - idle_s, lambda: self._check_idle(conn))
+            self.close_when_idle(conn, self.idle_timeout_s, IDLE_CLOSE,
+                                 lambda: max(state.last_activity, conn.last_sent_at))
 
     def rate_violation(self, conn: SimConnection) -> None:
         """``60014`` before the core's 1008."""
@@ -360,16 +350,8 @@ class OkxDialect(VenueDialect):
         return None
 
     def _within_budget(self, conn: SimConnection, head: dict[str, Any]) -> bool:
-        budget = self.request_budget
-        if budget is None:
-            return True
-        count, window_s = budget
-        now = time.monotonic()
-        times = self._state(conn).requests
-        while times and now - times[0] >= window_s:
-            times.popleft()
-        if len(times) < count:
-            times.append(now)
+        window = self._state(conn).requests
+        if window is None or window.take():
             return True
         self.budget_violations += 1
         self._error(conn, head, "60014", "Requests too frequent.")
