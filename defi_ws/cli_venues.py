@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import sys
 from collections import Counter
@@ -105,17 +104,13 @@ def describe_heartbeat(heartbeat: Any) -> str:
 
 
 def _topics_per_message(cls: type[Any]) -> int | None:
-    """An adapter's default topics per subscribe message (a class attribute, or its
-    constructor's ``max_topics_per_message`` default)."""
-    value = getattr(cls, "max_topics_per_message", None)
-    if isinstance(value, int):
-        return value
+    """An adapter's default topics per subscribe message: what an instance made with
+    the defaults uses (some depend on the product, e.g. Bybit spot's 10)."""
     try:
-        param = inspect.signature(cls).parameters.get("max_topics_per_message")
-    except (TypeError, ValueError):  # pragma: no cover - a signature it can't read
+        value = getattr(cls(), "max_topics_per_message", None)
+    except Exception:  # an adapter that needs arguments: not listed, not fatal
         return None
-    default = None if param is None else param.default
-    return default if isinstance(default, int) else None
+    return value if isinstance(value, int) else None
 
 
 def adapter_facts(name: str, cls: type[Any]) -> dict[str, Any]:

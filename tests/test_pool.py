@@ -176,7 +176,7 @@ async def test_one_redundant_connection_dropping_loses_nothing() -> None:
                 # Only once the dropped one is gone AND its replacement subscribed is it
                 # safe to drop again (right after drop() the server may still count the
                 # dropped connection: dropping the other then would lose messages).
-                await wait_until(lambda: dropped.id not in sim.subscribed_connections("a")
+                await wait_until(lambda gone=dropped.id: gone not in sim.subscribed_connections("a")
                                  and sim.subscribers("a") == 2)
                 await asyncio.sleep(0.1)
             await wait_until(lambda: collector.total() > 200)

@@ -33,14 +33,16 @@ products (``"heartbeats"``, ``"status"``): :func:`to_request`, :func:`topic_of`.
   waiting is only logged and delivered as data. Requests unanswered for
   ``request_expiry_s`` (a dead connection's) are forgotten. A ``subscriptions``
   message that answers nothing of ours (the automatic ``heartbeats`` request) is
-  delivered as data.
+  housekeeping: a :class:`~defi_ws.handler.VenueHeartbeat`, not delivered.
 * **Heartbeats**: Coinbase has no client ping: "most channels close within 60-90 s if
   no updates are sent", so the handler subscribes the ``heartbeats`` channel (one
   message a second) with the first request of every connection (``heartbeats=False``
-  to leave it out; a ``"heartbeats"`` topic of your own is acked like any other).
-  Heartbeats are data: ``on_data`` receives them, and they keep the client's stale
-  clock (``stale_after_s``) quiet while they come; when they stop, the stale clock is
-  the venue-specific way to notice (reason ``STALE``). The recommended ``heartbeat``
+  to leave it out). The heartbeats of that automatic subscription are
+  :class:`~defi_ws.handler.VenueHeartbeat` results: not data, never delivered, and
+  they do not keep the data stale clock (``stale_after_s``) fresh, so a connection
+  that gets heartbeats but no data goes STALE. A ``"heartbeats"`` topic of your own
+  is acked like any other and its messages are data for you (``on_data``), for as
+  long as you are subscribed. The recommended ``heartbeat``
   is ``WsPing(20 s, 10 s)`` (FeedClient's default with this handler): RFC 6455 pings,
   which Coinbase's server answers like any WebSocket server (the official SDK's
   ``websockets`` client pings it every 20 s); a pong that never comes is a
@@ -102,7 +104,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from defi_ws.handler import Ack, Control, DedupSpec, VenueLimits
+from defi_ws.handler import Ack, Control, DedupSpec, VenueHeartbeat, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, WsPing
 from defi_ws.sequence import Gap
 from defi_ws.venues._adapter import VenueAdapter
@@ -274,7 +276,8 @@ class Coinbase(VenueAdapter):
     #: The main public endpoint (what ``defi-ws venues`` lists).
     default_url: str = DEFAULT_URL
     control_prefixes: tuple[bytes, ...] | None = (b'{"channel":"subscriptions"',
-                                                  b'{"type":"error"')
+                                                  b'{"type":"error"',
+                                                  b'{"channel":"heartbeats"')
     #: RFC 6455 pings: Coinbase has no application ping (see the module docstring).
     heartbeat: HeartbeatStrategy = WsPing(interval_s=20.0, timeout_s=10.0)
     limits: VenueLimits = LIMITS
@@ -307,6 +310,8 @@ class Coinbase(VenueAdapter):
         self._clock = clock
         self._requests: deque[_Request] = deque()
         self._heartbeats_sent = False
+        #: Whether the user subscribed ``"heartbeats"`` as a topic (then they are data).
+        self._heartbeats_wanted = False
         self._last_seq: int | None = None
         #: (last, seq) pairs that broke the sequence, waiting for ``sequence_of``.
         self._breaks: list[tuple[int, int]] = []
@@ -366,10 +371,14 @@ class Coinbase(VenueAdapter):
 
     def subscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
         """One ``subscribe`` per channel (and ``heartbeats`` first on a new connection)."""
+        if HEARTBEATS in topics:
+            self._heartbeats_wanted = True
         return self._build(topics, False)
 
     def unsubscribe_messages(self, topics: Sequence[str]) -> Sequence[Any]:
         """One ``unsubscribe`` per channel."""
+        if HEARTBEATS in topics:
+            self._heartbeats_wanted = False
         return self._build(topics, True)
 
     # ------------------------------------------------------------ inbound
@@ -389,7 +398,10 @@ class Coinbase(VenueAdapter):
             self._observe(seq)
         if message.get("type") == "error":
             return self._error(message)
-        if message.get("channel") != "subscriptions":
+        channel = message.get("channel")
+        if channel == HEARTBEATS:
+            return () if self._heartbeats_wanted else (VenueHeartbeat("coinbase heartbeats"),)
+        if channel != "subscriptions":
             return ()
         current: dict[str, set[str]] = {}
         for event in message.get("events") or ():
@@ -413,6 +425,8 @@ class Coinbase(VenueAdapter):
                 acks.extend(Ack(t, ok=False, detail=why) for t, why in request.refused)
         for request in answered:
             self._requests.remove(request)
+        if not acks:  # answers nothing of ours (the automatic heartbeats request)
+            return (VenueHeartbeat("coinbase subscriptions reply"),)
         return acks
 
     def _error(self, message: dict[str, Any]) -> Sequence[Control]:

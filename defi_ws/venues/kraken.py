@@ -33,11 +33,11 @@ topics are grouped by channel into requests.
 * **Heartbeat**: ``JsonPing({"method": "ping"}, b'{"method":"pong"', 15 s, 10 s)``
   (FeedClient's default with this handler): a pong that never comes is a
   ``PING_TIMEOUT``. Kraken's own ``{"channel": "heartbeat"}`` (about once a second on
-  a quiet subscribed connection) and the ``status`` message (on connect and on
-  engine status changes) are ordinary data for the client: they reach ``on_data``,
-  count for ``stale_after_s``, and carry no topic (``topic_of`` is None, so
-  per-topic stale windows ignore them). There is no way for a handler to mark a
-  venue heartbeat as "not data" today.
+  a quiet subscribed connection) is a :class:`~defi_ws.handler.VenueHeartbeat`: not
+  data, never delivered, and it does not keep ``stale_after_s`` fresh (a connection
+  that gets heartbeats but no data goes STALE). The ``status`` message (on connect
+  and on engine status changes) is data for the user, with no topic (``topic_of`` is
+  None, so per-topic stale windows ignore it).
 * **Books**: ``book`` pushes a snapshot after each subscribe ack, then updates, each
   with a CRC32 ``checksum`` of the top 10 levels and no sequence number. Keep one
   :class:`~defi_ws.books.KrakenBook` per symbol; on a checksum mismatch it asks for
@@ -84,7 +84,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from defi_ws.handler import Ack, Control, DedupSpec, VenueLimits
+from defi_ws.handler import Ack, Control, DedupSpec, VenueHeartbeat, VenueLimits
 from defi_ws.heartbeat import HeartbeatStrategy, JsonPing
 from defi_ws.venues._adapter import VenueAdapter
 
@@ -203,9 +203,11 @@ class Kraken(VenueAdapter):
     #: The main public endpoint (listed by ``defi-ws venues``).
     default_url: str = URL
     #: Replies start with ``{"method"`` (acks, sorted keys) or ``{"error"`` (failures,
-    #: sorted keys); ``{"Error"`` is the rate-limit error. Pushes, ``status`` and
-    #: ``heartbeat`` start with ``{"channel"``.
-    control_prefixes: tuple[bytes, ...] | None = (b'{"method"', b'{"error"', b'{"Error"')
+    #: sorted keys); ``{"Error"`` is the rate-limit error; the venue's heartbeat is
+    #: ``{"channel":"heartbeat"}``. Pushes and ``status`` start with another
+    #: ``{"channel"``.
+    control_prefixes: tuple[bytes, ...] | None = (
+        b'{"method"', b'{"error"', b'{"Error"', b'{"channel":"heartbeat"')
     heartbeat: HeartbeatStrategy = JsonPing({"method": "ping"}, pong_prefix=b'{"method":"pong"',
                                             interval_s=15.0, timeout_s=10.0)
     limits: VenueLimits = LIMITS
@@ -288,6 +290,8 @@ class Kraken(VenueAdapter):
         """Per-symbol replies become acks; a rate-limit error is counted and logged."""
         if type(message) is not dict:
             return ()
+        if message.get("channel") == "heartbeat":
+            return (VenueHeartbeat("kraken heartbeat"),)
         method = message.get("method")
         if method not in ("subscribe", "unsubscribe"):
             if "Error" in message or "error" in message:

@@ -22,7 +22,7 @@ import pytest
 
 from defi_ws import FeedClient, FeedPool, VenueLimits
 from defi_ws.books import CoinbaseBook, ResyncAction, ResyncReason
-from defi_ws.handler import Ack
+from defi_ws.handler import Ack, VenueHeartbeat
 from defi_ws.heartbeat import WsPing
 from defi_ws.reasons import Disconnect, DisconnectReason
 from defi_ws.reconnect import FixedDelay
@@ -41,7 +41,7 @@ from venues.support import (
 )
 
 FAST = {"reconnect": FixedDelay(0.05), "ack_timeout_s": 10.0}
-DATA_FIXTURES = ("market_trades", "level2", "ticker", "heartbeats")
+DATA_FIXTURES = ("market_trades", "level2", "ticker")
 
 
 def fixture(name: str) -> Any:
@@ -121,9 +121,22 @@ def test_control_prefixes_match_every_reply_and_no_data_message() -> None:
     assert prefixes is not None
     for sample in fixture("control").values():
         assert wire(sample).startswith(prefixes), sample
+    for sample in fixture("heartbeats"):  # venue heartbeats: VenueHeartbeat, not data
+        assert wire(sample).startswith(prefixes), sample
     for name in DATA_FIXTURES:
         for sample in fixture(name):
             assert not wire(sample).startswith(prefixes), sample
+
+
+def test_heartbeats_are_venue_heartbeats_unless_the_user_subscribed_them() -> None:
+    [beat] = fixture("heartbeats")[:1]
+    handler = Coinbase()
+    handler.subscribe_messages(["level2:BTC-USD"])
+    assert handler.classify(beat) == (VenueHeartbeat("coinbase heartbeats"),)
+    handler.subscribe_messages(["heartbeats"])  # the user's own topic: data for them
+    assert handler.classify(beat) == ()
+    handler.unsubscribe_messages(["heartbeats"])
+    assert handler.classify(beat) == (VenueHeartbeat("coinbase heartbeats"),)
 
 
 # ------------------------------------------------------------------ the handler alone
@@ -160,8 +173,9 @@ def test_subscriptions_replies_ack_errors_reject_the_oldest_request() -> None:
     handler = Coinbase()
     handler.on_connection()
     handler.subscribe_messages(["level2:BTC-USD", "market_trades:BTC-USD", "level2:x"])
-    # the heartbeats request's own reply answers nothing of the user's: data
-    assert handler.classify(subscriptions({"heartbeats": []}, 0)) == []
+    # the heartbeats request's own reply answers nothing of the user's: housekeeping
+    assert handler.classify(subscriptions({"heartbeats": []}, 0)) == (
+        VenueHeartbeat("coinbase subscriptions reply"),)
     # a reply lists every current subscription; each request it confirms is answered
     assert handler.classify(subscriptions({"heartbeats": [], "level2": ["BTC-USD"]}, 1)) == [
         Ack("level2:BTC-USD")]
@@ -325,19 +339,17 @@ async def test_heartbeats_keep_a_quiet_connection_past_the_idle_cut() -> None:
     assert lost.close_code == sim_coinbase.IDLE_CLOSE[0]
 
 
-async def test_heartbeats_that_stop_are_a_stale_feed() -> None:
+async def test_heartbeats_alone_are_a_stale_feed() -> None:
     disconnects: list[Disconnect] = []
     async with cb_sim(rate_per_s=0) as sim:
         client = FeedClient(Coinbase(url=sim.url), topics=["market_trades:BTC-USD"],
                             stale_after_s=2.0, on_disconnected=disconnects.append, **FAST)
         async with client:
             await client.wait_live(20)
-            # 2.5 s of heartbeats alone: the stale clock stays quiet
-            await until(lambda: dialect(sim).heartbeats_sent >= 25)
-            assert disconnects == []
-            dialect(sim).pause_heartbeats()
+            # heartbeats alone are not data: the data stale clock runs out while they
+            # keep coming (design: venue heartbeats do not count)
             await until(lambda: disconnects != [])
-            dialect(sim).pause_heartbeats(False)
+            assert dialect(sim).heartbeats_sent >= 10
             await client.wait_live(20)
     assert disconnects[0].reason is DisconnectReason.STALE
 

@@ -19,7 +19,7 @@ import pytest
 
 from defi_ws import FeedClient, FeedPool, VenueLimits
 from defi_ws.books import KrakenBook, ResyncAction, ResyncReason
-from defi_ws.handler import Ack
+from defi_ws.handler import Ack, VenueHeartbeat
 from defi_ws.heartbeat import JsonPing
 from defi_ws.reasons import Disconnect, DisconnectReason
 from defi_ws.reconnect import FixedDelay
@@ -103,7 +103,8 @@ def test_control_prefixes_match_every_reply_and_no_push() -> None:
         assert wire(sample).startswith(prefixes), sample
     for name in ("trade", "ticker", "book", "keepalive"):
         for sample in fixture(name):
-            assert not wire(sample).startswith(prefixes), sample
+            heartbeat = sample.get("channel") == "heartbeat"  # a VenueHeartbeat, not data
+            assert wire(sample).startswith(prefixes) is heartbeat, sample
     assert wire(fixture("control")["pong"]).startswith(Kraken.heartbeat.pong_pattern()[0])
 
 
@@ -169,7 +170,10 @@ def test_per_symbol_acks_rejections_and_stray_replies() -> None:
     typed = msgspec.json.decode(wire(book), type=kraken_types.Push[kraken_types.Book])
     assert handler.topic_of(typed) == "book:ETH/USD:25"
     for sample in fixture("keepalive"):
-        assert handler.classify(sample) == () and handler.topic_of(sample) is None
+        heartbeat = sample.get("channel") == "heartbeat"
+        assert handler.classify(sample) == (
+            (VenueHeartbeat("kraken heartbeat"),) if heartbeat else ()), sample
+        assert handler.topic_of(sample) is None
     # A refusal of a whole request (no symbol) refuses every topic not yet answered.
     handler.subscribe_messages(["ticker:A/B", "ticker:C/D"])
     assert handler.classify(reply(3, "A/B", "ticker")) == [Ack("ticker:A/B")]
@@ -254,15 +258,29 @@ async def test_the_ping_keeps_a_quiet_connection_past_the_idle_cut() -> None:
     async with kraken_sim(rate_per_s=0, idle_timeout_s=1.5,
                           heartbeat_interval_s=0.2) as sim:
         pinging = Kraken(sim.url + "v2")
-        heartbeats: list[Any] = []
-        silent = Kraken(sim.url + "v2", on_data=lambda m: heartbeats.append(m)
-                        if m.get("channel") == "heartbeat" else None)
+        silent = Kraken(sim.url + "v2")
         lost = await idle_cut_of_the_silent_client(
             pinging, silent, ("trade:BTC/USD", "trade:SOL/USD"), PING, **FAST)
         assert sim.dialect_impl.stats()["idle_cuts"] >= 1
-    assert heartbeats != []  # Kraken's heartbeat channel: data, not a keep-alive
     assert lost.reason is DisconnectReason.PEER_CLOSE
     assert lost.close_code == sim_kraken.IDLE_CLOSE[0]
+
+
+async def test_venue_heartbeats_are_not_data_and_a_dataless_feed_goes_stale() -> None:
+    # Kraken's {"channel":"heartbeat"} keeps arriving on a quiet subscribed connection:
+    # it never reaches on_data and never keeps the data stale clock fresh.
+    got: list[Any] = []
+    lost: list[Disconnect] = []
+    async with kraken_sim(rate_per_s=0, heartbeat_interval_s=0.1) as sim:
+        handler = Kraken(sim.url + "v2", on_data=got.append)
+        async with FeedClient(handler, topics=["trade:BTC/USD"], heartbeat=PING,
+                              stale_after_s=1.5, on_disconnected=lost.append,
+                              **FAST) as client:
+            await until(lambda: bool(lost), timeout_s=30)
+            control = client.health.counter("control_messages")
+    assert lost[0].reason is DisconnectReason.STALE, lost
+    assert control >= 5  # the ack and the heartbeats of 1.5 s (one every 0.1 s)
+    assert all(message.get("channel") != "heartbeat" for message in got), got
 
 
 async def test_pongs_withheld_are_a_ping_timeout() -> None:

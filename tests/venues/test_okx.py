@@ -8,6 +8,7 @@ notices, the request budget), on asyncio and uvloop.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
