@@ -142,3 +142,14 @@ async def idle_cut_of_the_silent_client(pinging: Any, silent: Any, topics: tuple
         await asyncio.sleep(settle_s)
         assert alive.snapshot()["disconnects"] == {}
     return lost[0]
+
+
+def assert_prefixes_split(prefixes: tuple[bytes, ...] | None, control: Iterable[Any],
+                          data: Iterable[Any]) -> None:
+    """Every control sample's wire bytes start with one of a handler's
+    ``control_prefixes``, and no data sample's do (data must skip the control router)."""
+    assert prefixes is not None
+    for sample in control:
+        assert wire(sample).startswith(prefixes), sample
+    for sample in data:
+        assert not wire(sample).startswith(prefixes), sample

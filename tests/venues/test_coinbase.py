@@ -34,6 +34,7 @@ from defi_ws.venues import coinbase, coinbase_types
 from defi_ws.venues.coinbase import Coinbase
 from venues.support import (
     Pushes,
+    assert_prefixes_split,
     idle_cut_of_the_silent_client,
     load_fixture,
     until,
@@ -117,15 +118,10 @@ def test_topics_round_trip_and_malformed_products() -> None:
 
 
 def test_control_prefixes_match_every_reply_and_no_data_message() -> None:
-    prefixes = Coinbase.control_prefixes
-    assert prefixes is not None
-    for sample in fixture("control").values():
-        assert wire(sample).startswith(prefixes), sample
-    for sample in fixture("heartbeats"):  # venue heartbeats: VenueHeartbeat, not data
-        assert wire(sample).startswith(prefixes), sample
-    for name in DATA_FIXTURES:
-        for sample in fixture(name):
-            assert not wire(sample).startswith(prefixes), sample
+    # venue heartbeats are VenueHeartbeat results: control, not data
+    assert_prefixes_split(Coinbase.control_prefixes,
+                          [*fixture("control").values(), *fixture("heartbeats")],
+                          [s for name in DATA_FIXTURES for s in fixture(name)])
 
 
 def test_heartbeats_are_venue_heartbeats_unless_the_user_subscribed_them() -> None:

@@ -30,6 +30,7 @@ from defi_ws.venues import hyperliquid, hyperliquid_types
 from defi_ws.venues.hyperliquid import Hyperliquid
 from venues.support import (
     Pushes,
+    assert_prefixes_split,
     idle_cut_of_the_silent_client,
     load_fixture,
     ping_timeout_then_recovery,
@@ -115,12 +116,8 @@ def test_topics_and_subscriptions_round_trip() -> None:
 
 def test_control_prefixes_match_every_reply_and_no_push() -> None:
     prefixes = Hyperliquid.control_prefixes
-    assert prefixes is not None
-    for sample in fixture("control").values():
-        assert wire(sample).startswith(prefixes), sample
-    for name in DATA:
-        for sample in fixture(name):
-            assert not wire(sample).startswith(prefixes), sample
+    assert_prefixes_split(prefixes, fixture("control").values(),
+                          [s for name in DATA for s in fixture(name)])
     pong = wire({"channel": "pong"})  # the heartbeat's, recognised before the router
     assert not pong.startswith(prefixes)
     assert pong.startswith(Hyperliquid.heartbeat.pong_pattern()[0])  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ from defi_ws.venues import okx, okx_types
 from defi_ws.venues.okx import Okx, OkxCredentials
 from venues.support import (
     Pushes,
+    assert_prefixes_split,
     idle_cut_of_the_silent_client,
     load_fixture,
     ping_timeout_then_recovery,
@@ -103,12 +104,8 @@ def test_topics_and_args_round_trip() -> None:
 
 def test_control_prefixes_match_every_event_and_no_push() -> None:
     prefixes = Okx.control_prefixes
-    assert prefixes is not None
-    for sample in fixture("control").values():
-        assert wire(sample).startswith(prefixes), sample
-    for name in ("trades", "bbo_tbt", "books"):
-        for sample in fixture(name):
-            assert not wire(sample).startswith(prefixes), sample
+    assert_prefixes_split(prefixes, fixture("control").values(),
+                          [s for name in ("trades", "bbo_tbt", "books") for s in fixture(name)])
 
 
 # ------------------------------------------------------------------ the handler alone
