@@ -322,7 +322,9 @@ def pool_problems(pools: Iterable[tuple[str, FeedPool]]) -> dict[str, str]:
     """Pools that are not LIVE, with the states of their connections."""
     out = {}
     for venue, pool in pools:
-        if not pool.live:
+        if pool.fatal is not None:
+            out[venue] = f"gave up: {pool.fatal}"
+        elif not pool.live:
             states = ", ".join(f"{label}={client.state.name}"
                                for label, client in pool.replicas()) or "no connections"
             out[venue] = f"not every group has a LIVE connection ({states})"

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from defi_ws import _compat
 from defi_ws._core import Deduplicator
 from defi_ws.client import FeedClient
-from defi_ws.errors import ConfigError, FeedClosedError
+from defi_ws.errors import ConfigError, FatalDisconnect, FeedClosedError
 from defi_ws.handler import DedupSpec, ExchangeHandler, Notice, VenueLimits
 from defi_ws.lifecycle import State
 from defi_ws.reasons import Disconnect
@@ -216,6 +216,12 @@ class FeedPool:
         on_gap: called with each :class:`~defi_ws.sequence.Gap` of the merged stream.
         on_disconnected: called with each user-visible disconnect (rotations are not).
         on_subscription_rejected: called with ``(topic, detail)``.
+        on_gave_up: called with the fatal :class:`Disconnect` when every connection of
+            a group has given up (a fatal disconnect such as ``AUTH_FAILED``, or the
+            reconnect strategy's attempts spent): that group's topics get no more data.
+            :attr:`fatal` is set and :meth:`wait_live` raises it. Connections that give
+            up while another of their group still runs are only logged (and reported
+            through ``on_disconnected``).
         client_options: keyword arguments for every :class:`FeedClient` (heartbeat,
             stale clock, reconnect strategy, TLS...).
         connection_options: called for each new connection with ``(group, replica,
@@ -250,6 +256,7 @@ class FeedPool:
         on_gap: Callable[[Gap], object] | None = None,
         on_disconnected: Callable[[Disconnect], object] | None = None,
         on_subscription_rejected: Callable[[str, str], object] | None = None,
+        on_gave_up: Callable[[Disconnect], object] | None = None,
         client_options: Mapping[str, Any] | None = None,
         connection_options: Callable[[int, int, int], Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -294,6 +301,9 @@ class FeedPool:
         self._on_disconnected = on_disconnected
         self._on_rejected = on_subscription_rejected
         self._client_options = dict(client_options or {})
+        self._on_gave_up = on_gave_up
+        #: Set when every connection of a group gave up (see ``on_gave_up``).
+        self.fatal: FatalDisconnect | None = None
         self._connection_options = connection_options
         self._clock = clock
         self._rng = random.Random(seed)
@@ -421,9 +431,16 @@ class FeedPool:
         self._drain_gaps()
 
     async def wait_live(self, timeout_s: float | None = None) -> None:
-        """Wait until every group has at least one LIVE connection."""
+        """Wait until every group has at least one LIVE connection.
+
+        Raises:
+            FatalDisconnect: every connection of a group gave up (:attr:`fatal`).
+            TimeoutError: not LIVE within ``timeout_s``.
+        """
         async with _compat.timeout(timeout_s):
             while not self._all_groups_live():
+                if self.fatal is not None:
+                    raise self.fatal
                 await asyncio.sleep(0.01)
 
     def subscribe(self, topics: Iterable[str] | str) -> list[str]:
@@ -494,6 +511,7 @@ class FeedPool:
                 raise ConfigError([f"connection_options may not set {sorted(clashes)} "
                                    "(the pool does)"])
             options.update(extra)
+        own_gave_up: Callable[[Disconnect], object] | None = options.pop("on_gave_up", None)
         client = FeedClient(
             handler,
             topics=sorted(self.placement.groups.get(gid, ())),
@@ -505,6 +523,7 @@ class FeedPool:
             outbound_burst=self.limits.burst,
             on_notice=lambda notice: self._noticed(rep, notice),
             on_disconnected=lambda d: self._disconnected(rep, d, own_disconnected),
+            on_gave_up=lambda d: self._gave_up(rep, d, own_gave_up),
             on_subscription_rejected=self._rejected,
             on_gap=self._client_gap,
             clock=self._clock,
@@ -558,6 +577,30 @@ class FeedPool:
             own(disconnect)
         if self._on_disconnected is not None:
             self._on_disconnected(disconnect)
+
+    def _gave_up(self, rep: _Replica, disconnect: Disconnect,
+                 own: Callable[[Disconnect], object] | None) -> None:
+        """A connection gave up for good: a dead group is the pool's failure."""
+        if own is not None:
+            own(disconnect)
+        if rep.retiring or self._replicas.get((rep.group, rep.index)) is not rep:
+            return  # a rotation's replacement (the rotation retries) or a retired one
+        running = [r for (group, _), r in self._replicas.items()
+                   if group == rep.group and r.client.fatal is None]
+        topics = sorted(self.placement.groups.get(rep.group, ()))
+        if running:
+            log.error("%s: connection g%d.r%d gave up (%s); %d other(s) of its group still "
+                      "carry its topics", self.name, rep.group, rep.index,
+                      disconnect.describe(), len(running))
+            return
+        log.error("%s: every connection of group %d gave up (%s): %d topic(s) get no more "
+                  "data: %s", self.name, rep.group, disconnect.describe(), len(topics),
+                  ", ".join(topics[:10]) + (", ..." if len(topics) > 10 else ""))
+        if self.fatal is None:
+            self.fatal = FatalDisconnect(disconnect)
+        if self._on_gave_up is not None:
+            self._on_gave_up(disconnect)
+        self._wake()
 
     def _rejected(self, topic: str, detail: str) -> None:
         self.placement.remove([topic])

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from defi_ws import _compat
-from defi_ws.errors import ConfigError
+from defi_ws.errors import ConfigError, FatalDisconnect
 from defi_ws.handler import DedupSpec, JsonHandler, VenueLimits
 from defi_ws.heartbeat import NoPing
 from defi_ws.lifecycle import State
@@ -467,4 +467,43 @@ async def test_a_notice_to_many_connections_rotates_them_all_before_the_cut() ->
             await wait_until(lambda: pool.rotations == 20, timeout_s=20)
             await asyncio.sleep(2.0)  # past the cut: nothing was left to cut
     assert collector.disconnects == [] and collector.gaps == []
+    collector.assert_exactly_once_in_order()
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on (refused at once)
+        sock.bind(("127.0.0.1", 0))
+        return f"ws://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+async def test_a_group_whose_every_connection_gave_up_fails_the_pool_loudly() -> None:
+    # Never a silently dead group: wait_live raises, pool.fatal is set, on_gave_up is
+    # called once (when the last connection of the group gives up).
+    gave_up: list[Disconnect] = []
+    pool = FeedPool(JsonHandler(closed_port_url()), topics=["a"], redundancy=2,
+                    dedup=DedupSpec(hash_field="data"), on_gave_up=gave_up.append,
+                    client_options={**FAST, "reconnect": FixedDelay(0.01, max_attempts=1)})
+    async with pool:
+        with pytest.raises(FatalDisconnect):
+            await pool.wait_live(30)
+    assert pool.fatal is not None and len(gave_up) == 1
+    assert all(client.fatal is not None for client in pool.clients())
+
+
+async def test_one_connection_giving_up_while_its_twin_runs_is_not_a_pool_failure() -> None:
+    collector = Collector()
+    gave_up: list[Disconnect] = []
+    async with ExchangeSimulator(rate_per_s=100) as sim:
+        handler = JsonHandler(sim.url, on_data=collector.on_data, sequence_field="seq")
+        pool = FeedPool(handler, topics=["a"], redundancy=2, urls=[sim.url, closed_port_url()],
+                        on_gave_up=gave_up.append,
+                        client_options={**FAST, "reconnect": FixedDelay(0.01, max_attempts=1)})
+        async with pool:
+            await pool.wait_live(30)
+            await wait_until(lambda: any(c.fatal is not None for c in pool.clients()), 30)
+            await wait_until(lambda: collector.total() > 20, 30)
+            await pool.wait_live(30)  # still live: the other connection carries "a"
+    assert pool.fatal is None and gave_up == []
     collector.assert_exactly_once_in_order()
