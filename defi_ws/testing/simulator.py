@@ -75,6 +75,21 @@ rates, sequences, faults and stats are per key:
   ``status`` on connect, ``heartbeat`` messages, an optional idle cut; no shutdown
   notice (Kraken drops connections unannounced).
 
+* ``Dialect.COINBASE`` (key: ``"<channel>:<product_id>"``, e.g. ``"level2:BTC-USD"``;
+  see :mod:`~defi_ws.testing.dialects.coinbase`): one ``subscribe`` per channel with
+  ``product_ids``, ``subscriptions`` replies listing every subscription, a
+  per-connection ``sequence_num`` on every message (``skip_sequence`` makes it jump),
+  the ``heartbeats`` channel (``pause_heartbeats``), ``level2`` snapshot + updates of a
+  book the dialect keeps, the 5 s subscribe deadline, an optional idle cut; no
+  shutdown notice.
+
+* ``Dialect.HYPERLIQUID`` (key: ``"<type>:<coin>"``, e.g. ``"l2Book:ETH"``, or
+  ``"allMids"``; see :mod:`~defi_ws.testing.dialects.hyperliquid`): ``method``
+  subscribe answered by ``subscriptionResponse`` (no request id), ``channel: error``
+  texts, ``{"method": "ping"}`` -> ``{"channel": "pong"}``, ``trades``, ``l2Book``
+  (whole book each push; broken books on demand), ``bbo`` and ``allMids``, the 60 s
+  idle cut, per-IP caps; no shutdown notice.
+
 The core's ``api_key`` login is only part of the generic protocol (OKX's login is
 configured on :class:`~defi_ws.testing.dialects.OkxDialect`).
 
