@@ -417,10 +417,14 @@ class FeedPool:
         """Close every connection and report the last gaps; leaves no task behind."""
         self._stopping = True
         for task in (self._task, *self._rotations.values()):
-            if task is not None:
+            # Cancel until it ends: on Python 3.10 a cancel() that coincides with an
+            # async_timeout expiry becomes a TimeoutError (the cancellation is lost);
+            # the loops also check _stopping. A cancellation of the caller propagates.
+            while task is not None and not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task}, timeout=1.0)
+            if task is not None and not task.cancelled() and task.exception() is not None:
+                log.error("%s: a pool task failed", self.name, exc_info=task.exception())
         clients = [r.client for r in (*self._replicas.values(), *self._incoming.values())]
         self._replicas.clear()
         self._incoming.clear()
@@ -625,7 +629,7 @@ class FeedPool:
     async def _run(self) -> None:
         assert self._wake_event is not None
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             self._drain_gaps()
             now = self._clock()
             due = [r for key, r in self._replicas.items()
