@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: all build test demo gateway-demo bench-gateway bench annotate clean lint typecheck \
         stubtest conformance soak test-all perf-guard perf-baseline perf-guard-if-valgrind docs
