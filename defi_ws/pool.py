@@ -591,12 +591,12 @@ class FeedPool:
             return  # a rotation's replacement (the rotation retries) or a retired one
         running = [r for (group, _), r in self._replicas.items()
                    if group == rep.group and r.client.fatal is None]
-        topics = sorted(self.placement.groups.get(rep.group, ()))
         if running:
             log.error("%s: connection g%d.r%d gave up (%s); %d other(s) of its group still "
                       "carry its topics", self.name, rep.group, rep.index,
                       disconnect.describe(), len(running))
             return
+        topics = sorted(self.placement.groups.get(rep.group, ()))
         log.error("%s: every connection of group %d gave up (%s): %d topic(s) get no more "
                   "data: %s", self.name, rep.group, disconnect.describe(), len(topics),
                   ", ".join(topics[:10]) + (", ..." if len(topics) > 10 else ""))
